@@ -1,0 +1,1 @@
+"""objembed_ros.proposals."""
