@@ -1,0 +1,217 @@
+"""Start objembed_ros nodes without `ros2 launch` (pip installs have no launch/ros2 CLI).
+
+It does what launch/objembed.launch.py does on a ROS install: pick the params file, set the
+Fast DDS shared-memory profile, apply namespace and remappings, and run the node in its own
+process. Tests and benches use it too, so what they start is what a user starts.
+
+    objembed-launch --params config/params.yaml -r image:=/camera/color/image_raw \
+        -p checkpoint:=/models/ObjEmbed-2B
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PACKAGE = "objembed_ros"
+# Set by the ros-wheels-bootstrapper .pth after it re-execs Python with LD_LIBRARY_PATH. A child
+# started with another interpreter must not inherit it, or that child skips the bootstrap.
+_BOOTSTRAP_GUARD = "_ROS_WHEELS_BOOTSTRAP_COMPLETE"
+
+
+def config_dir() -> Path:
+    """The package's config/ folder: the ament share dir on a ROS install, else the source tree."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        shared = Path(get_package_share_directory(_PACKAGE)) / "config"
+        if shared.is_dir():
+            return shared
+    except Exception:  # not installed through colcon: fall back to the source tree
+        pass
+    return Path(__file__).resolve().parents[2] / "config"
+
+
+def default_params_file() -> Path:
+    return config_dir() / "params.yaml"
+
+
+def ros_environment(
+    base: Mapping[str, str] | None = None,
+    *,
+    domain_id: int | None = None,
+    localhost_only: bool | None = None,
+    use_shm_profile: bool = True,
+) -> dict[str, str]:
+    """Environment for a ROS child process.
+
+    use_shm_profile: point Fast DDS at config/fastdds_shm.xml unless the caller already set
+    FASTDDS_DEFAULT_PROFILES_FILE (a deployment's own profile wins).
+    """
+    env = dict(os.environ if base is None else base)
+    env.pop(_BOOTSTRAP_GUARD, None)
+    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if use_shm_profile:
+        env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(config_dir() / "fastdds_shm.xml"))
+        env.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "0")
+    else:
+        env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    if domain_id is not None:
+        env["ROS_DOMAIN_ID"] = str(domain_id)
+    if localhost_only:
+        env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    return env
+
+
+def ros_arguments(
+    *,
+    params_file: str | os.PathLike[str] | None = None,
+    parameters: Mapping[str, object] | None = None,
+    remappings: Mapping[str, str] | None = None,
+    namespace: str | None = None,
+    name: str | None = None,
+    log_level: str | None = None,
+) -> list[str]:
+    """The `--ros-args ...` tail of a node command line."""
+    args = ["--ros-args"]
+    if params_file:
+        args += ["--params-file", str(params_file)]
+    for key, value in (parameters or {}).items():
+        args += ["-p", f"{key}:={_param_literal(value)}"]
+    for src, dst in (remappings or {}).items():
+        args += ["-r", f"{src}:={dst}"]
+    if namespace:
+        args += ["-r", f"__ns:={namespace if namespace.startswith('/') else '/' + namespace}"]
+    if name:
+        args += ["-r", f"__node:={name}"]
+    if log_level:
+        args += ["--log-level", log_level]
+    return args
+
+
+def _param_literal(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_param_literal(v) for v in value) + "]"
+    if isinstance(value, str):
+        return value if value else "''"
+    return str(value)
+
+
+@dataclass
+class NodeProcess:
+    """A node running in its own process; stop() ends it with SIGINT, then SIGKILL."""
+
+    popen: subprocess.Popen
+    command: list[str]
+    log_path: Path | None = None
+    _log_file: object = field(default=None, repr=False)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.alive():
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout)
+        if self._log_file is not None:
+            self._log_file.close()
+        return self.popen.returncode
+
+
+def start_node(
+    module: str = "objembed_ros.ros.node",
+    *,
+    params_file: str | os.PathLike[str] | None = None,
+    parameters: Mapping[str, object] | None = None,
+    remappings: Mapping[str, str] | None = None,
+    namespace: str | None = None,
+    name: str | None = None,
+    env: Mapping[str, str] | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+    log_level: str | None = None,
+    extra_args: Sequence[str] = (),
+    python: str | None = None,
+) -> NodeProcess:
+    """Run `python -m module --ros-args ...` (or `python file.py ...`) in a new process.
+
+    Returns at once; the caller waits for the node's topics or services.
+    """
+    target = [module] if module.endswith(".py") else ["-m", module]
+    command = [python or sys.executable, *target, *extra_args]
+    command += ros_arguments(
+        params_file=params_file, parameters=parameters, remappings=remappings,
+        namespace=namespace, name=name, log_level=log_level,
+    )
+    log_file = None
+    stdout = None
+    if log_path is not None:
+        log_path = Path(log_path)
+        log_file = open(log_path, "w")  # closed by NodeProcess.stop
+        stdout = log_file
+    popen = subprocess.Popen(
+        command,
+        env=ros_environment(env),
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout else None,
+        start_new_session=True,
+    )
+    return NodeProcess(popen, command, Path(log_path) if log_path else None, log_file)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="objembed-launch",
+        description="Run the objembed_ros grounding node (the pip-side equivalent of "
+        "`ros2 launch objembed_ros objembed.launch.py`).",
+    )
+    parser.add_argument("--params", default=str(default_params_file()),
+                        help="parameters YAML (default: the shipped config/params.yaml)")
+    parser.add_argument("--namespace", default=None)
+    parser.add_argument("--name", default=None, help="node name (default grounding_node)")
+    parser.add_argument("-r", "--remap", action="append", default=[], metavar="FROM:=TO")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE")
+    parser.add_argument("--no-shm", action="store_true",
+                        help="do not use the shipped Fast DDS shared-memory profile")
+    parser.add_argument("--log-level", default=None)
+    args = parser.parse_args(argv)
+
+    def pairs(items: list[str], what: str) -> dict[str, str]:
+        out = {}
+        for item in items:
+            if ":=" not in item:
+                parser.error(f"{what} {item!r} is not NAME:=VALUE")
+            key, value = item.split(":=", 1)
+            out[key] = value
+        return out
+
+    env = ros_environment(use_shm_profile=not args.no_shm)
+    proc = start_node(
+        params_file=args.params, parameters=pairs(args.param, "parameter"),
+        remappings=pairs(args.remap, "remapping"), namespace=args.namespace, name=args.name,
+        env=env, log_level=args.log_level,
+    )
+    try:
+        return proc.popen.wait()
+    except KeyboardInterrupt:
+        return proc.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
