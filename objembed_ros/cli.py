@@ -1,0 +1,246 @@
+"""objembed-ground: ground text queries in image files offline (JSON + overlay out).
+
+Examples::
+
+    objembed-ground --checkpoint model/ObjEmbed-2B --image a.jpg --query "the red cup" \\
+        --wedetect-checkpoint model/wedetect_base_uni.pth --top-k 3 --out r.json --overlay o.png
+    objembed-ground --checkpoint DIR --image a.jpg b.jpg --query "a dog" --boxes boxes.json
+    objembed-ground --demo        # tiny random checkpoint + a scikit-image photo
+
+Box proposals, in order of precedence: ``--boxes`` (JSON: a list of [x1,y1,x2,y2] for every
+image, or an object mapping image path -> list); ``--proposer wedetect`` (needs
+``--wedetect-checkpoint``; implied when that flag is given); ``--proposer whole-image``
+(one box = the image); otherwise ``--proposer grid``: a documented multi-scale
+sliding-window grid (``core.boxes.grid_boxes``), a proposer-free fallback that is much
+weaker than WeDetect and is labelled as such in the output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+UNTRAINED_BANNER = "UNTRAINED random weights - scores are meaningless"
+DEMO_QUERIES = ("a person in a white space suit", "the american flag", "a helmet")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="objembed-ground", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", type=Path, help="ObjEmbed checkpoint directory")
+    p.add_argument("--image", nargs="+", type=Path, default=[], help="image file(s)")
+    p.add_argument("--query", action="append", default=[], help="object query (repeatable)")
+    p.add_argument("--boxes", type=Path, help="JSON boxes (see the module help)")
+    p.add_argument("--proposer", choices=("wedetect", "whole-image", "grid"), default=None)
+    p.add_argument("--wedetect-checkpoint", type=Path)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--out", type=Path, help="write results JSON here")
+    p.add_argument("--overlay", type=Path, help="write an overlay PNG (image index appended "
+                                                "when several images)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="default: float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--max-boxes", type=int, default=300)
+    p.add_argument("--demo", action="store_true",
+                   help="build a tiny random checkpoint and run on a bundled photo")
+    return p
+
+
+def load_image(path: Path) -> np.ndarray:
+    """An image file as HxWx3 RGB / HxWx4 RGBA / HxW grey uint8 (the encoder converts)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+            return np.asarray(im.convert("RGBA")).copy()
+        if im.mode == "L":
+            return np.asarray(im).copy()
+        return np.asarray(im.convert("RGB")).copy()
+
+
+def _supplied_boxes(spec: Path, images: Sequence[str]) -> dict[str, np.ndarray]:
+    raw = json.loads(spec.read_text())
+    if isinstance(raw, dict):
+        missing = [p for p in images if p not in raw]
+        if missing:
+            raise SystemExit(f"--boxes has no entry for: {', '.join(missing)}")
+        return {p: np.asarray(raw[p], dtype=np.float64).reshape(-1, 4) for p in images}
+    arr = np.asarray(raw, dtype=np.float64).reshape(-1, 4)
+    return {p: arr for p in images}
+
+
+class _Proposals:
+    """Chooses and runs the box source for each image; ``kind`` names it in the output."""
+
+    def __init__(self, args: argparse.Namespace, names: Sequence[str]) -> None:
+        self.kind = args.proposer or ("wedetect" if args.wedetect_checkpoint else "grid")
+        self.supplied = _supplied_boxes(args.boxes, names) if args.boxes else None
+        if self.supplied is not None:
+            self.kind = "supplied"
+        self.detector: Any = None
+        if self.kind == "wedetect":
+            if args.wedetect_checkpoint is None:
+                raise SystemExit("--proposer wedetect needs --wedetect-checkpoint")
+            from objembed_ros.proposals.wedetect import WeDetectProposer  # lazy: torch model
+
+            self.detector = WeDetectProposer.from_checkpoint(args.wedetect_checkpoint,
+                                                             device=args.device)
+
+    def __call__(self, name: str, rgb: np.ndarray) -> np.ndarray:
+        from objembed_ros.core.boxes import grid_boxes
+
+        h, w = rgb.shape[:2]
+        if self.supplied is not None:
+            return self.supplied[name]
+        if self.kind == "wedetect":
+            rgb3 = rgb if rgb.ndim == 3 and rgb.shape[2] == 3 else _as_rgb(rgb)
+            return np.asarray(self.detector.propose(rgb3).boxes, dtype=np.float64)
+        if self.kind == "whole-image":
+            return np.array([[0.0, 0.0, float(w), float(h)]])
+        return grid_boxes(w, h)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "grid":
+            return "grid (multi-scale sliding windows; fallback, no proposer)"
+        return self.kind
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    from objembed_ros.core.resize import to_rgb
+
+    return to_rgb(image)
+
+
+def ground(encoder: Any, images: Sequence[tuple[str, np.ndarray]], queries: Sequence[str],
+           proposals: Any, top_k: int, untrained: bool = False) -> dict[str, Any]:
+    """Encode each image once, score every query, keep the top-k boxes per query."""
+    text = encoder.encode_text(list(queries), target="object")
+    out: dict[str, Any] = {"untrained": untrained, "proposals": proposals.label,
+                           "queries": list(queries), "images": []}
+    if untrained:
+        out["warning"] = UNTRAINED_BANNER
+    for name, rgb in images:
+        boxes = proposals(name, rgb)
+        frame = encoder.encode_image(rgb, boxes)
+        parts = encoder.score_objects(text, frame, return_parts=True)
+        entry: dict[str, Any] = {"image": name, "size": list(frame.image_size),
+                                 "num_boxes": frame.num_boxes,
+                                 "timings": {k: round(v, 4) for k, v in frame.timings.items()},
+                                 "results": []}
+        score = parts.score.cpu().numpy()
+        for qi, query in enumerate(queries):
+            order = np.argsort(-score[qi], kind="stable")[:top_k] if frame.num_boxes else []
+            entry["results"].append({"query": query, "top": [{
+                "index": int(i), "box": [round(float(v), 2) for v in frame.boxes[i]],
+                "score": float(score[qi, i]),
+                "similarity": float(parts.similarity[qi, i]),
+                "iou": float(parts.iou[qi, i]), "cosine": float(parts.cosine[qi, i]),
+            } for i in order]})
+        out["images"].append(entry)
+    return out
+
+
+def draw_overlay(rgb: np.ndarray, entry: dict[str, Any], path: Path, untrained: bool) -> None:
+    """The best box of every query on the image, labelled with query and score."""
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(_as_rgb(rgb)).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    colours = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
+    for qi, res in enumerate(entry["results"]):
+        if not res["top"]:
+            continue
+        best = res["top"][0]
+        colour = colours[qi % len(colours)]
+        x1, y1, x2, y2 = best["box"]
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=3)
+        label = f"{res['query']}: {best['score']:.3f}"
+        tx, ty = x1 + 2, max(y1 - 12, 0)
+        draw.rectangle([tx - 2, ty, tx + 6 * len(label) + 2, ty + 11], fill=colour)
+        draw.text((tx, ty), label, fill=(255, 255, 255))
+    if untrained:
+        draw.text((4, image.height - 14), UNTRAINED_BANNER, fill=(255, 0, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def _table(result: dict[str, Any]) -> str:
+    lines = []
+    if result.get("untrained"):
+        lines += ["!" * 60, f"!! {UNTRAINED_BANNER}", "!" * 60]
+    lines.append(f"proposals: {result['proposals']}")
+    for entry in result["images"]:
+        lines.append(f"\n{entry['image']}  {entry['size'][0]}x{entry['size'][1]}  "
+                     f"{entry['num_boxes']} boxes  {entry['timings'].get('total', 0):.3f} s")
+        lines.append(f"  {'query':32s} {'rank':>4s} {'score':>7s} {'sim':>7s} {'iou':>7s}  box")
+        for res in entry["results"]:
+            for rank, hit in enumerate(res["top"], start=1):
+                box = ", ".join(f"{v:.0f}" for v in hit["box"])
+                lines.append(f"  {res['query'][:32]:32s} {rank:4d} {hit['score']:7.4f} "
+                             f"{hit['similarity']:7.4f} {hit['iou']:7.4f}  [{box}]")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import torch
+
+    from objembed_ros.core.errors import InputError
+    from objembed_ros.encoder.checkpoint import CheckpointError
+    from objembed_ros.encoder.model import ObjEmbedEncoder
+
+    tmp: tempfile.TemporaryDirectory | None = None
+    untrained = False
+    images: list[tuple[str, np.ndarray]] = []
+    if args.demo:
+        from skimage import data
+
+        from objembed_ros.testing.tiny_objembed import make_tiny_objembed_checkpoint
+
+        tmp = tempfile.TemporaryDirectory(prefix="objembed_demo_")
+        args.checkpoint = make_tiny_objembed_checkpoint(Path(tmp.name) / "tiny")
+        images = [("skimage.data.astronaut", np.ascontiguousarray(data.astronaut()))]
+        args.query = args.query or list(DEMO_QUERIES)
+        untrained = True
+    if args.checkpoint is None or not (images or args.image) or not args.query:
+        _parser().error("--checkpoint, --image and --query are required (or use --demo)")
+    for path in args.image:
+        try:
+            images.append((str(path), load_image(path)))
+        except OSError as exc:
+            print(f"error: cannot read image {path}: {exc}", file=sys.stderr)
+            return 2
+    device = torch.device(args.device)
+    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    try:
+        encoder = ObjEmbedEncoder.from_pretrained(args.checkpoint, device=device,
+                                                  dtype=getattr(torch, dtype_name),
+                                                  max_boxes=args.max_boxes)
+        proposals = _Proposals(args, [n for n, _ in images])
+        result = ground(encoder, images, args.query, proposals, args.top_k, untrained)
+    except (CheckpointError, InputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print(_table(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    if args.overlay:
+        for i, ((_, rgb), entry) in enumerate(zip(images, result["images"], strict=True)):
+            path = args.overlay if len(images) == 1 else args.overlay.with_name(
+                f"{args.overlay.stem}_{i}{args.overlay.suffix}")
+            draw_overlay(rgb, entry, path, untrained)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Box validation and conversions for caller-supplied xyxy boxes (numpy only).
+
+Policy (documented in the encoder): boxes are (N, 4) float ``x1, y1, x2, y2`` in the
+image's own pixels. A row with NaN/inf raises :class:`InputError` naming the row; inverted
+corners are repaired by sorting each pair; boxes are clipped to ``[0, W] x [0, H]``;
+zero-width or zero-height boxes are allowed (RoIAlign treats them as 1 feature pixel,
+as the official model does); more than ``max_boxes`` rows raise InputError.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from objembed_ros.core.errors import InputError
+
+
+def as_boxes(boxes: object) -> np.ndarray:
+    """Coerce to an (N, 4) float64 array (None or empty -> (0, 4)); bad shape -> InputError."""
+    if boxes is None:
+        return np.zeros((0, 4), dtype=np.float64)
+    if hasattr(boxes, "detach"):  # a torch tensor, without importing torch here
+        boxes = boxes.detach().cpu().numpy()  # type: ignore[attr-defined]
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"boxes must be numeric (N, 4) xyxy: {exc}") from exc
+    if arr.size == 0:
+        return np.zeros((0, 4), dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise InputError(f"boxes must have shape (N, 4) xyxy, got {arr.shape}")
+    return arr
+
+
+def validate_boxes(boxes: object, width: int, height: int,
+                   max_boxes: int | None = None) -> np.ndarray:
+    """Checked, repaired and clipped (N, 4) float64 xyxy boxes (see the module policy)."""
+    arr = as_boxes(boxes)
+    if max_boxes is not None and arr.shape[0] > max_boxes:
+        raise InputError(f"{arr.shape[0]} boxes given, at most {max_boxes} allowed (max_boxes)")
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        shown = ", ".join(str(int(r)) for r in rows[:10]) + (" ..." if rows.size > 10 else "")
+        raise InputError(f"boxes contain NaN or inf in row(s) {shown}: {arr[rows[0]].tolist()}")
+    out = np.empty_like(arr)
+    out[:, 0] = np.minimum(arr[:, 0], arr[:, 2])
+    out[:, 2] = np.maximum(arr[:, 0], arr[:, 2])
+    out[:, 1] = np.minimum(arr[:, 1], arr[:, 3])
+    out[:, 3] = np.maximum(arr[:, 1], arr[:, 3])
+    out[:, 0::2] = np.clip(out[:, 0::2], 0.0, float(width))
+    out[:, 1::2] = np.clip(out[:, 1::2], 0.0, float(height))
+    return out
+
+
+def xyxy_to_cxcywh(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) xyxy -> (N, 4) centre x, centre y, width, height."""
+    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
+    return np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=1)
+
+
+def grid_boxes(width: int, height: int, scales: tuple[int, ...] = (1, 2, 3, 4),
+               overlap: float = 0.5) -> np.ndarray:
+    """Multi-scale sliding-window boxes covering the image (a proposer-free fallback).
+
+    Scale s tiles the image with windows of size (W/s, H/s) at stride (1-overlap) of the
+    window; scale 1 is the whole image. Used by the CLI when no proposer is available.
+    """
+    out: list[list[float]] = []
+    for s in scales:
+        bw, bh = width / s, height / s
+        step_x, step_y = max(bw * (1 - overlap), 1.0), max(bh * (1 - overlap), 1.0)
+        ys = np.arange(0.0, height - bh + 1e-6, step_y)
+        xs = np.arange(0.0, width - bw + 1e-6, step_x)
+        for y in ys:
+            for x in xs:
+                out.append([x, y, x + bw, y + bh])
+    return np.asarray(out, dtype=np.float64).reshape(-1, 4)

@@ -1,0 +1,408 @@
+"""ObjEmbedEncoder: one image pass for all boxes, short cached text passes, and scores.
+
+Embed once, query many: :meth:`ObjEmbedEncoder.encode_image` runs the vision tower, the
+object projector and the language model once per frame and returns an :class:`EncodedFrame`
+(object embeddings, iou logits, global embeddings); :meth:`encode_text` embeds queries
+(cached, LRU); :func:`score_objects` / :func:`score_images` are matrix products.
+
+Follows the ObjEmbed spec section 5 step by step (see ``_image_pass``). Box policy: (N, 4)
+float xyxy in the image's own pixels; NaN/inf rows raise :class:`InputError` naming the row;
+inverted corners are sorted; boxes are clipped to the image; zero-size boxes are allowed;
+N = 0 is allowed (a dummy whole-image box runs and is dropped); N > max_boxes raises.
+
+Devices: CPU float32 is deterministic (two runs give identical bits). On CUDA use bf16/fp16
+weights; RoIAlign runs in float32 as in the official code, box coordinates are rescaled in
+the model dtype (as the official inference does), and no host round trip happens inside
+the forward except M-RoPE index computation, which runs on CPU input ids before upload.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from objembed_ros.core import scoring as np_scoring
+from objembed_ros.core.boxes import validate_boxes
+from objembed_ros.core.cache import LRUCache
+from objembed_ros.core.errors import InputError
+from objembed_ros.core.resize import PreprocessedImage, preprocess_image
+from objembed_ros.encoder import prompts
+from objembed_ros.encoder.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
+
+__all__ = ["CheckpointError", "EncodedFrame", "GroundingScores", "ObjEmbedEncoder",
+           "ScoreParams", "score_images", "score_objects"]
+
+
+@dataclass
+class EncodedFrame:
+    """The result of one image pass.
+
+    object_embeddings: (N, D) float32, o_i (read at the first ``<object>`` of pair i).
+    iou_logits: (N,) float32, u_i = logit_iou_proj(hidden at the second token of pair i).
+    global_embeddings: (G, D) float32 at the ``<global>`` tokens in token order (coarse then
+        detailed for use_two_tokens 2; G = 2 for layouts 1 and 2, 1 for layout 0).
+    boxes: (N, 4) float64 numpy xyxy in original pixels after validation/repair/clipping.
+    image_size: (W, H) of the original image. resized_size: (W, H) fed to the model.
+    timings: seconds per stage (preprocess, vision, projector, llm, readout, total); on
+        CUDA the stages are only accurate with ``ObjEmbedEncoder.sync_timings = True``.
+    """
+
+    object_embeddings: torch.Tensor
+    iou_logits: torch.Tensor
+    global_embeddings: torch.Tensor
+    boxes: np.ndarray
+    image_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    """The four learned logit scalars (floats), from a checkpoint or given explicitly."""
+
+    logit_log_scale: float
+    logit_bias: float
+    logit_image_log_scale: float
+    logit_image_bias: float
+
+    @classmethod
+    def from_projector(cls, projector: Any) -> ScoreParams:
+        return cls(*(float(getattr(projector, n).detach().float().cpu()[0]) for n in (
+            "logit_log_scale", "logit_bias", "logit_image_log_scale", "logit_image_bias")))
+
+
+@dataclass
+class GroundingScores:
+    """(Q, N) tensors: score = similarity * iou; similarity = sigmoid(cos*exp(s)+b);
+    iou = sigmoid(iou logit) broadcast over queries; cosine = raw cosine similarity."""
+
+    score: Any
+    similarity: Any
+    iou: Any
+    cosine: Any
+
+
+def _params_of(params: Any) -> ScoreParams:
+    if isinstance(params, ScoreParams):
+        return params
+    if isinstance(params, ObjEmbedEncoder):
+        return params.score_params
+    if isinstance(params, np_scoring.LogitParams):
+        return ScoreParams(params.logit_log_scale, params.logit_bias,
+                           params.logit_image_log_scale, params.logit_image_bias)
+    raise TypeError("params must be a ScoreParams, LogitParams or ObjEmbedEncoder")
+
+
+def score_objects(text_embeddings: Any, frame: EncodedFrame | tuple[Any, Any], params: Any,
+                  return_parts: bool = False) -> Any:
+    """Grounding scores (Q, N) of Q object-query embeddings against one frame's boxes.
+
+    text_embeddings: (Q, D) or (D,) from ``encode_text(..., target="object")``.
+    frame: an :class:`EncodedFrame` or a pair ``(object_embeddings (N, D), iou_logits (N,))``.
+    params: :class:`ScoreParams`, ``core.scoring.LogitParams`` or the encoder itself.
+    Numpy inputs give numpy outputs (float64 math via ``core.scoring``); torch inputs give
+    float32 torch tensors on the inputs' device. ``return_parts=True`` returns
+    :class:`GroundingScores` (score, similarity, iou, cosine) instead of the score alone.
+    """
+    p = _params_of(params)
+    if isinstance(frame, EncodedFrame):
+        objects, ious = frame.object_embeddings, frame.iou_logits
+    else:
+        objects, ious = frame
+    if not any(isinstance(x, torch.Tensor) for x in (text_embeddings, objects, ious)):
+        parts = np_scoring.grounding_scores(np.asarray(text_embeddings), np.asarray(objects),
+                                            np.asarray(ious), p.logit_log_scale, p.logit_bias)
+        if return_parts:
+            return GroundingScores(parts.score, parts.similarity, parts.iou, parts.cosine)
+        return parts.score
+    dev = next(x.device for x in (text_embeddings, objects, ious) if isinstance(x, torch.Tensor))
+    t = torch.as_tensor(text_embeddings, device=dev).float()
+    t = t.reshape(-1, t.shape[-1])
+    o = torch.as_tensor(objects, device=dev).float().reshape(-1, t.shape[-1])
+    u = torch.as_tensor(ious, device=dev).float().reshape(-1)
+    cos = torch.nn.functional.normalize(t, dim=-1) @ torch.nn.functional.normalize(o, dim=-1).T
+    sim = torch.sigmoid(cos * float(np.exp(p.logit_log_scale)) + p.logit_bias)
+    iou = torch.sigmoid(u)[None, :].expand_as(sim)
+    score = sim * iou
+    if return_parts:
+        return GroundingScores(score=score, similarity=sim, iou=iou, cosine=cos)
+    return score
+
+
+def score_images(text_embeddings: Any, global_embeddings: Any, params: Any) -> Any:
+    """Image-retrieval probabilities (Q, M) of Q ``<global_text>`` query embeddings against
+    M image embeddings (normally each frame's coarse ``global_embeddings[0]``).
+
+    Same numpy/torch rules and ``params`` as :func:`score_objects`.
+    """
+    p = _params_of(params)
+    if not any(isinstance(x, torch.Tensor) for x in (text_embeddings, global_embeddings)):
+        return np_scoring.image_scores(np.asarray(text_embeddings),
+                                       np.asarray(global_embeddings),
+                                       p.logit_image_log_scale, p.logit_image_bias)
+    dev = next(x.device for x in (text_embeddings, global_embeddings)
+               if isinstance(x, torch.Tensor))
+    t = torch.as_tensor(text_embeddings, device=dev).float()
+    t = t.reshape(-1, t.shape[-1])
+    g = torch.as_tensor(global_embeddings, device=dev).float().reshape(-1, t.shape[-1])
+    cos = torch.nn.functional.normalize(t, dim=-1) @ torch.nn.functional.normalize(g, dim=-1).T
+    return torch.sigmoid(cos * float(np.exp(p.logit_image_log_scale)) + p.logit_image_bias)
+
+
+class ObjEmbedEncoder:
+    """ObjEmbed-2B/4B (or a tiny test checkpoint) as an image/text embedding encoder."""
+
+    def __init__(self, loaded: LoadedCheckpoint, max_boxes: int = 300,
+                 text_cache_size: int = 1024) -> None:
+        self.ckpt = loaded
+        self.qwen = loaded.qwen
+        self.projector = loaded.projector
+        self.tokenizer = loaded.tokenizer
+        self.ids = loaded.token_ids
+        self.image_config = loaded.image_config
+        self.use_two_tokens = loaded.attrs.use_two_tokens
+        self.max_boxes = int(max_boxes)
+        self.text_cache: LRUCache[tuple[str, str], torch.Tensor] = LRUCache(text_cache_size)
+        self.score_params = ScoreParams.from_projector(self.projector)
+        self.sync_timings = False
+        self._prompt_cache: dict[tuple[int, int], tuple[list[int], ...]] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, attn: str = "auto",
+                        max_boxes: int = 300, text_cache_size: int = 1024) -> ObjEmbedEncoder:
+        """Load an official-format checkpoint directory (offline). Raises CheckpointError.
+
+        attn: "auto" (flash_attention_2 when importable on CUDA, else sdpa), "sdpa",
+        "eager" or "flash_attention_2".
+        """
+        return cls(load_checkpoint(path, device=device, dtype=dtype, attn=attn),
+                   max_boxes=max_boxes, text_cache_size=text_cache_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.logit_pos_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector.logit_pos_embedding.weight.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return self.projector.hidden_size
+
+    # ------------------------------------------------------------------ prompts
+    def image_prompt_ids(self, num_boxes: int, num_image_tokens: int,
+                         user_text: str | None = None) -> list[int]:
+        """Token ids of the image prompt with the image pad expanded (N boxes)."""
+        key = (num_boxes, -1 if user_text is None else hash(user_text))
+        cached = self._prompt_cache.get(key)
+        if cached is None:
+            text = user_text if user_text is not None else prompts.image_user_text(
+                num_boxes, self.use_two_tokens)
+            ids = prompts.tokenize(self.tokenizer, prompts.render_chat(self.tokenizer, text,
+                                                                       with_image=True))
+            if len(self._prompt_cache) > 512:
+                self._prompt_cache.clear()
+            self._prompt_cache[key] = cached = (ids,)
+        return prompts.expand_image_pad(cached[0], self.ids.image_pad, num_image_tokens)
+
+    # ------------------------------------------------------------------ image pass
+    def _sync(self) -> None:
+        if self.sync_timings and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def preprocess(self, rgb: np.ndarray) -> PreprocessedImage:
+        """Validate and preprocess an image (InputError on bad input)."""
+        return preprocess_image(rgb, self.image_config)
+
+    @torch.inference_mode()
+    def encode_image(self, rgb: np.ndarray, boxes: Any = None) -> EncodedFrame:
+        """One forward pass for all boxes of one image.
+
+        rgb: HxWx3 uint8 RGB (HxWx4 RGBA is composited on white; HxW grey is replicated).
+        boxes: (N, 4) xyxy in the image's pixels, N >= 0 (see the module box policy).
+        """
+        t0 = time.perf_counter()
+        pre = self.preprocess(rgb)
+        height, width = pre.original_hw
+        clean = validate_boxes(boxes, width, height, self.max_boxes)
+        t1 = time.perf_counter()
+        out = self._image_pass(pre, clean, None)
+        out.timings["preprocess"] = t1 - t0
+        out.timings["total"] = time.perf_counter() - t0
+        return out
+
+    @torch.inference_mode()
+    def encode_image_query(self, rgb: np.ndarray) -> torch.Tensor:
+        """(D,) embedding of an image used as a query (the coarse ``<global>`` of the
+        official query prompt, no boxes); compare with frames' coarse global embeddings
+        via :func:`score_images`."""
+        pre = self.preprocess(rgb)
+        frame = self._image_pass(pre, np.zeros((0, 4)), prompts.IMAGE_QUERY_TEXT)
+        return frame.global_embeddings[0]
+
+    def _rescale_boxes(self, boxes: np.ndarray, pre: PreprocessedImage) -> torch.Tensor:
+        """Original-pixel xyxy -> resized pixels; the ratio first, as the official code."""
+        mh, mw = pre.merged_hw
+        dtype, dev = self.dtype, self.device
+        if boxes.shape[0] == 0:  # dummy whole-image box, dropped after the pass
+            return torch.tensor([[0, 0, mw * 32, mh * 32]], dtype=dtype, device=dev)
+        height, width = pre.original_hw
+        b = torch.as_tensor(boxes, dtype=dtype).to(dev)
+        ratio = (torch.tensor([width, height, width, height], dtype=dtype, device=dev)
+                 / torch.tensor([mw * 32, mh * 32, mw * 32, mh * 32], dtype=dtype, device=dev))
+        return b / ratio
+
+    def _image_pass(self, pre: PreprocessedImage, boxes: np.ndarray,
+                    user_text: str | None) -> EncodedFrame:
+        timings: dict[str, float] = {}
+        dev, dtype = self.device, self.dtype
+        mh, mw = pre.merged_hw
+        n_img = mh * mw
+        n = int(boxes.shape[0])
+
+        # 1. vision tower: merged tokens E and the deepstack maps
+        t = time.perf_counter()
+        pixel_values = torch.from_numpy(pre.pixel_values).to(dev)
+        grid_thw = torch.tensor([pre.grid_thw], dtype=torch.long)
+        image_embeds, deepstack = self.qwen.get_image_features(pixel_values, grid_thw.to(dev))
+        embeds = image_embeds[0]
+        self._sync()
+        timings["vision"] = time.perf_counter() - t
+
+        # 2-7. object projector: position add, pyramid, RoIAlign, R_i + P_i, pos tokens
+        t = time.perf_counter()
+        rboxes = self._rescale_boxes(boxes, pre)
+        obj_tok, second_tok, image_pos = self.projector(
+            embeds.to(dtype), deepstack[-2].to(dtype), deepstack[-1].to(dtype), rboxes,
+            (mh, mw))
+        self._sync()
+        timings["projector"] = time.perf_counter() - t
+
+        # 8. fill the prompt: image pads get E + pos, pair i gets (R_i + P_i, pos_i + P_i)
+        t = time.perf_counter()
+        ids = self.image_prompt_ids(n, n_img, user_text)
+        ids_cpu = torch.tensor([ids], dtype=torch.long)
+        img_pos = (ids_cpu[0] == self.ids.image_pad).nonzero().squeeze(1)
+        obj_pos = (ids_cpu[0] == self.ids.object).nonzero().squeeze(1)
+        glob_pos = (ids_cpu[0] == self.ids.global_).nonzero().squeeze(1)
+        if img_pos.numel() != n_img or obj_pos.numel() != 2 * n:
+            raise RuntimeError(f"prompt layout mismatch: {img_pos.numel()} image pads for "
+                               f"{n_img} tokens, {obj_pos.numel()} object tokens for {n} boxes")
+        position_ids, _ = self.qwen.get_rope_index(ids_cpu, grid_thw, None, None)
+        input_ids = ids_cpu.to(dev)
+        lm = self.qwen.language_model
+        inputs_embeds = lm.embed_tokens(input_ids)
+        img_pos_d, obj_pos_d = img_pos.to(dev), obj_pos.to(dev)
+        inputs_embeds[0, img_pos_d] = (embeds + image_pos).to(inputs_embeds.dtype)
+        if n > 0:
+            pairs = torch.stack((obj_tok, second_tok), dim=1).flatten(0, 1)
+            inputs_embeds[0, obj_pos_d] = pairs.to(inputs_embeds.dtype)
+        visual_mask = torch.zeros((1, len(ids)), dtype=torch.bool, device=dev)
+        visual_mask[0, img_pos_d] = True
+        # An explicit all-ones mask, as the official processor passes: with None,
+        # transformers 4.57 infers "packed sequences" from the non-monotonic M-RoPE text
+        # positions of the image block and would attend block-diagonally.
+        mask = torch.ones((1, len(ids)), dtype=torch.long, device=dev)
+        hidden = lm(input_ids=None, inputs_embeds=inputs_embeds,
+                    position_ids=position_ids.to(dev), attention_mask=mask, use_cache=False,
+                    visual_pos_masks=visual_mask,
+                    deepstack_visual_embeds=[d.to(dtype) for d in deepstack],
+                    ).last_hidden_state[0]
+        self._sync()
+        timings["llm"] = time.perf_counter() - t
+
+        # 9. read out
+        t = time.perf_counter()
+        first, second = obj_pos_d[0::2], obj_pos_d[1::2]
+        objects = hidden[first].float()
+        ious = self.projector.iou_logits(hidden[second]).float()
+        globals_ = hidden[glob_pos.to(dev)].float()
+        self._sync()
+        timings["readout"] = time.perf_counter() - t
+        height, width = pre.original_hw
+        rh, rw = pre.resized_hw
+        return EncodedFrame(object_embeddings=objects, iou_logits=ious,
+                            global_embeddings=globals_, boxes=boxes,
+                            image_size=(width, height), resized_size=(rw, rh), timings=timings)
+
+    # ------------------------------------------------------------------ text pass
+    def text_prompt_ids(self, text: str, target: str) -> list[int]:
+        """Token ids of a text-pass prompt (spec section 6)."""
+        rendered = prompts.render_chat(self.tokenizer, prompts.query_text(text, target),
+                                       with_image=False)
+        return prompts.tokenize(self.tokenizer, rendered)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: str | list[str], target: str = "object") -> torch.Tensor:
+        """(Q, D) float32 query embeddings: ``<local_text>`` ("object") or ``<global_text>``
+        ("image") last hidden states. Cached per (target, text) in a bounded LRU;
+        uncached texts run as one right-padded batch."""
+        if target not in ("object", "image"):
+            raise ValueError(f"target must be 'object' or 'image', got {target!r}")
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        for q in texts:
+            if not isinstance(q, str) or not q.strip():
+                raise InputError(f"query texts must be non-empty strings, got {q!r}")
+        found: dict[str, torch.Tensor] = {}
+        todo: list[str] = []
+        for q in texts:
+            hit = self.text_cache.get((target, q))
+            if hit is not None:
+                found[q] = hit
+            elif q not in todo:
+                todo.append(q)
+        if todo:
+            for q, emb in zip(todo, self._text_pass(todo, target), strict=True):
+                found[q] = emb
+                self.text_cache.put((target, q), emb)
+        if not texts:
+            return torch.zeros((0, self.hidden_size), device=self.device)
+        return torch.stack([found[q] for q in texts])
+
+    def _text_pass(self, texts: list[str], target: str) -> torch.Tensor:
+        token = self.ids.local_text if target == "object" else self.ids.global_text
+        seqs = [self.text_prompt_ids(q, target) for q in texts]
+        reads = []
+        for q, s in zip(texts, seqs, strict=True):
+            where = [i for i, tid in enumerate(s) if tid == token]
+            if len(where) != 1:
+                raise InputError(f"query {q!r} must not contain special tokens "
+                                 f"(found {len(where)} read-out tokens)")
+            reads.append(where[0])
+        length = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(seqs), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = torch.tensor(s)
+            mask[i, :len(s)] = 1
+        dev = self.device
+        positions = torch.arange(length).view(1, 1, -1).expand(3, len(seqs), -1)
+        hidden = self.qwen.language_model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                          position_ids=positions.to(dev),
+                                          use_cache=False).last_hidden_state
+        rows = torch.arange(len(seqs), device=dev)
+        return hidden[rows, torch.tensor(reads, device=dev)].float()
+
+    # ------------------------------------------------------------------ scores
+    def score_objects(self, text_embeddings: Any, frame: EncodedFrame,
+                      return_parts: bool = False) -> Any:
+        """:func:`score_objects` with this checkpoint's logit scale and bias."""
+        return score_objects(text_embeddings, frame, self.score_params, return_parts)
+
+    def score_images(self, text_embeddings: Any, global_embeddings: Any) -> Any:
+        """:func:`score_images` with this checkpoint's image logit scale and bias."""
+        return score_images(text_embeddings, global_embeddings, self.score_params)

@@ -1,0 +1,424 @@
+"""The one object the node and the CLI share: proposer + ObjEmbed encoder + caches.
+
+Embed once, query many (like segment-anything's predictor): `encode_frame` runs the
+proposals and ONE ObjEmbed image pass and keeps the frame's object and global embeddings;
+`ground` then costs one text pass (cached by text) plus a matrix product. No ROS here.
+
+Threading: the torch model is used by one thread at a time (a lock around every image and
+text pass, including the proposer). Cached text embeddings are served without the lock, so
+a service call whose queries were seen before never waits behind a frame being encoded.
+Scoring is numpy on cached arrays and needs no lock.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from objembed_ros.core.boxes import validate_boxes
+from objembed_ros.core.cache import LRUCache
+from objembed_ros.core.depth import Intrinsics, Position3D, estimate_position
+from objembed_ros.core.errors import InputError
+from objembed_ros.core.frames import FrameRing
+from objembed_ros.core.results import (
+    QUERY_IMAGE,
+    QUERY_TEXT,
+    FrameMatchResult,
+    GroundedBox,
+    GroundingResult,
+)
+from objembed_ros.core.scoring import cosine_matrix, grounding_scores, image_scores
+
+__all__ = [
+    "CachedFrame", "FrameMatchResult", "GroundedBox", "Grounder", "GrounderBusy",
+    "GrounderConfig", "GroundingResult", "add_positions",
+]
+
+PROPOSERS = ("wedetect", "external", "whole_image")
+DTYPES = ("float32", "bfloat16", "float16")
+TARGET_OBJECT = "object"
+TARGET_IMAGE = "image"
+
+
+class GrounderBusy(TimeoutError):
+    """The model stayed busy (encoding a frame) past the caller's deadline."""
+
+
+@dataclass
+class GrounderConfig:
+    """How to build a Grounder; the node fills it from its parameters."""
+
+    checkpoint: str
+    proposer: str = "wedetect"  # one of PROPOSERS
+    wedetect_checkpoint: str = ""
+    num_proposals: int = 100
+    device: str = "cpu"
+    dtype: str = "float32"  # one of DTYPES
+    attn: str = "auto"
+    max_boxes: int = 300
+    text_cache_size: int = 256
+    frame_cache_size: int = 8  # per camera
+    max_query_tokens: int = 256
+
+
+@dataclass
+class CachedFrame:
+    """One encoded frame: what every later query is scored against.
+
+    Shapes: boxes (K, 4) float32 xyxy source pixels; proposal_scores (K,) float32 (NaN when
+    the source gives none); object_embeddings (K, D) float32; iou_logits (K,) float32;
+    global_embeddings (G, D) float32, coarse first. image_size is (W, H).
+    """
+
+    camera: str
+    stamp_ns: int
+    rgb: np.ndarray
+    image_size: tuple[int, int]
+    boxes: np.ndarray
+    proposal_scores: np.ndarray
+    object_embeddings: np.ndarray
+    iou_logits: np.ndarray
+    global_embeddings: np.ndarray
+    proposal_source: str
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    meta: Any = None  # opaque to the Grounder (the node keeps the source header and depth)
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+class _Proposer(Protocol):
+    def propose(self, rgb: np.ndarray) -> Any: ...
+
+
+def _numpy(x: Any) -> np.ndarray:
+    """torch tensor or array -> float32 numpy on the host."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 \
+            or rgb.dtype != np.uint8 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        shape = getattr(rgb, "shape", None)
+        raise InputError(f"image must be a non-empty HxWx3 uint8 array, got {shape}")
+
+
+class Grounder:
+    """Proposals + ObjEmbed + caches. Build with `Grounder.load(config)`, or pass already
+    built parts (tests, the CLI)."""
+
+    def __init__(self, encoder: Any, proposer: _Proposer | None, config: GrounderConfig) -> None:
+        self.encoder = encoder
+        self.proposer = proposer
+        self.config = config
+        self.frames: FrameRing[CachedFrame] = FrameRing(max(config.frame_cache_size, 1))
+        self._texts: LRUCache[tuple[str, str], np.ndarray] = LRUCache(config.text_cache_size)
+        self._model_lock = threading.Lock()
+        # the four learned score scalars (ObjEmbedEncoder.score_params)
+        params = getattr(encoder, "score_params", None) or getattr(encoder, "logit_params", None)
+        if params is None:
+            raise TypeError("encoder exposes no score_params (the four learned score scalars)")
+        self.logit_params = params
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def load(cls, config: GrounderConfig) -> Grounder:
+        """Load the encoder (and WeDetect when asked). Raises FileNotFoundError / ValueError /
+        the encoder's CheckpointError with a message that names the problem."""
+        import torch
+
+        try:
+            from objembed_ros.encoder import ObjEmbedEncoder
+        except ImportError:  # the package top level may not re-export it
+            from objembed_ros.encoder.model import ObjEmbedEncoder
+
+        if config.proposer not in PROPOSERS:
+            raise ValueError(f"proposer must be one of {PROPOSERS}, got {config.proposer!r}")
+        if config.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {config.dtype!r}")
+        if not config.checkpoint:
+            raise FileNotFoundError("no ObjEmbed checkpoint given (parameter 'checkpoint')")
+        if not Path(config.checkpoint).is_dir():
+            raise FileNotFoundError(f"ObjEmbed checkpoint directory not found: "
+                                    f"{config.checkpoint}")
+        dtype = getattr(torch, config.dtype)
+        proposer: _Proposer | None = None
+        if config.proposer == "wedetect":
+            if not config.wedetect_checkpoint or not Path(config.wedetect_checkpoint).is_file():
+                raise FileNotFoundError(
+                    f"WeDetect checkpoint file not found: {config.wedetect_checkpoint!r} "
+                    "(parameter 'wedetect_checkpoint'; or set proposer to 'external' or "
+                    "'whole_image')")
+            from objembed_ros.proposals import WeDetectProposer
+
+            # WeDetect runs in float32 on CPU; half precision only on CUDA.
+            det_dtype = dtype if config.device.startswith("cuda") else torch.float32
+            proposer = WeDetectProposer.from_checkpoint(
+                config.wedetect_checkpoint, device=config.device, dtype=det_dtype,
+                num_proposals=config.num_proposals)
+        encoder = ObjEmbedEncoder.from_pretrained(
+            config.checkpoint, device=config.device, dtype=dtype, attn=config.attn,
+            max_boxes=config.max_boxes, text_cache_size=config.text_cache_size)
+        return cls(encoder, proposer, config)
+
+    def close(self) -> None:
+        """Drop the model and caches (lifecycle cleanup); frees CUDA memory when used."""
+        with self._model_lock:
+            self.frames.clear()
+            self._texts.clear()
+            self.encoder = None
+            self.proposer = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # torch missing or CUDA unusable: nothing to free
+            pass
+
+    # -- the model lock -----------------------------------------------------------------
+    def _locked(self, deadline: float | None) -> threading.Lock:
+        timeout = -1 if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if not self._model_lock.acquire(timeout=timeout):
+            raise GrounderBusy("timeout: the model is busy encoding a frame")
+        if self.encoder is None:
+            self._model_lock.release()
+            raise RuntimeError("model not loaded")
+        return self._model_lock
+
+    # -- image pass -----------------------------------------------------------------------
+    def encode_frame(self, rgb: np.ndarray, stamp_ns: int = 0, camera: str = "",
+                     boxes: np.ndarray | None = None, box_scores: np.ndarray | None = None,
+                     meta: Any = None, cache: bool = True) -> CachedFrame:
+        """Proposals (or the given boxes) + one ObjEmbed pass -> a CachedFrame.
+
+        boxes: (N, 4) xyxy source pixels from another detector; when None the configured
+        proposer runs ('external' without boxes encodes no boxes: image-level only).
+        cache: add the frame to this Grounder's per-camera ring.
+        """
+        _check_rgb(rgb)
+        h, w = rgb.shape[:2]
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        with self._locked(None):
+            if boxes is not None:
+                boxes_arr = validate_boxes(boxes, w, h, self.config.max_boxes).astype(np.float32)
+                scores = (np.full(len(boxes_arr), np.nan, np.float32) if box_scores is None
+                          else np.asarray(box_scores, np.float32).reshape(-1))
+                source = "external"
+            elif self.config.proposer == "whole_image" or self.proposer is None:
+                boxes_arr = (np.array([[0, 0, w, h]], np.float32)
+                             if self.config.proposer == "whole_image"
+                             else np.zeros((0, 4), np.float32))
+                scores = np.full(len(boxes_arr), np.nan, np.float32)
+                source = self.config.proposer
+            else:
+                props = self.proposer.propose(rgb)
+                boxes_arr = np.asarray(props.boxes, np.float32).reshape(-1, 4)
+                scores = np.asarray(props.scores, np.float32).reshape(-1)
+                source = str(getattr(props, "source", "wedetect"))
+            t1 = time.perf_counter()
+            encoded = self.encoder.encode_image(rgb, boxes_arr)
+            t2 = time.perf_counter()
+        timings["proposals"] = t1 - t0
+        timings["encode"] = t2 - t1
+        enc_timings = getattr(encoded, "timings", None) or {}
+        for key, value in enc_timings.items():
+            timings[f"encoder.{key}"] = float(value)
+        if scores.shape[0] != boxes_arr.shape[0]:
+            raise InputError(f"{boxes_arr.shape[0]} boxes but {scores.shape[0]} box scores")
+        frame = CachedFrame(
+            camera=camera, stamp_ns=int(stamp_ns), rgb=rgb, image_size=(w, h),
+            boxes=boxes_arr, proposal_scores=scores,
+            object_embeddings=_numpy(encoded.object_embeddings).reshape(len(boxes_arr), -1),
+            iou_logits=_numpy(encoded.iou_logits).reshape(-1),
+            global_embeddings=_numpy(encoded.global_embeddings),
+            proposal_source=source, timings=timings, meta=meta,
+        )
+        if cache:
+            self.frames.add(camera, frame.stamp_ns, frame)
+        return frame
+
+    # -- text pass ------------------------------------------------------------------------
+    def check_queries(self, texts: Sequence[str]) -> list[str]:
+        """Stripped queries; InputError for none, an empty one, or one over the token limit."""
+        if not texts:
+            raise InputError("empty query: no queries given")
+        out = []
+        for text in texts:
+            stripped = text.strip()
+            if not stripped:
+                raise InputError("empty query")
+            n = self.count_tokens(stripped)
+            if n > self.config.max_query_tokens:
+                raise InputError(f"query too long: {n} tokens > max_query_tokens "
+                                 f"{self.config.max_query_tokens}: {stripped[:40]!r}...")
+            out.append(stripped)
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of the user text (the tokenizer is thread-safe and needs no model lock)."""
+        encoder = self.encoder
+        if encoder is None:
+            raise RuntimeError("model not loaded")
+        counter = getattr(encoder, "count_tokens", None)
+        if counter is not None:
+            return int(counter(text))
+        tokenizer = getattr(encoder, "tokenizer", None)
+        if tokenizer is None:
+            return len(text.split())
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def text_embeddings(self, texts: Sequence[str], target: str = TARGET_OBJECT,
+                        deadline: float | None = None) -> np.ndarray:
+        """(Q, D) float32 embeddings; cached texts are served without touching the model."""
+        out: list[np.ndarray | None] = [self._texts.get((target, t)) for t in texts]
+        missing = sorted({t for t, e in zip(texts, out, strict=True) if e is None})
+        if missing:
+            with self._locked(deadline):
+                computed = _numpy(self.encoder.encode_text(missing, target=target))
+            for text, emb in zip(missing, computed, strict=True):
+                self._texts.put((target, text), emb)
+            lookup = dict(zip(missing, computed, strict=True))
+            out = [e if e is not None else lookup[t] for t, e in zip(texts, out, strict=True)]
+        return np.stack(out) if out else np.zeros((0, 0), np.float32)
+
+    def text_cache_stats(self) -> dict[str, int]:
+        return self._texts.stats()
+
+    # -- grounding ------------------------------------------------------------------------
+    def ground(self, texts: Sequence[str], frame: CachedFrame, top_k: int = 0,
+               min_score: float = 0.0, deadline: float | None = None,
+               with_image_score: bool = False) -> list[GroundingResult]:
+        """Per query, the frame's boxes sorted by score (top_k <= 0 keeps all)."""
+        queries = self.check_queries(texts)
+        text = self.text_embeddings(queries, TARGET_OBJECT, deadline)
+        image = None
+        if with_image_score and frame.global_embeddings.size:
+            image_text = self.text_embeddings(queries, TARGET_IMAGE, deadline)
+            image = self.image_match(image_text, frame.global_embeddings[:1])[:, 0]
+        return self._score(queries, text, frame, top_k, min_score, image, proposal_index=True)
+
+    def ground_boxes(self, texts: Sequence[str], frame: CachedFrame, boxes: np.ndarray,
+                     top_k: int = 0, min_score: float = 0.0,
+                     deadline: float | None = None) -> list[GroundingResult]:
+        """Score caller-supplied boxes: one image pass on the cached frame's pixels."""
+        queries = self.check_queries(texts)
+        w, h = frame.image_size
+        boxes_arr = validate_boxes(boxes, w, h, self.config.max_boxes).astype(np.float32)
+        text = self.text_embeddings(queries, TARGET_OBJECT, deadline)
+        with self._locked(deadline):
+            encoded = self.encoder.encode_image(frame.rgb, boxes_arr)
+        supplied = CachedFrame(
+            camera=frame.camera, stamp_ns=frame.stamp_ns, rgb=frame.rgb,
+            image_size=frame.image_size, boxes=boxes_arr,
+            proposal_scores=np.full(len(boxes_arr), np.nan, np.float32),
+            object_embeddings=_numpy(encoded.object_embeddings).reshape(len(boxes_arr), -1),
+            iou_logits=_numpy(encoded.iou_logits).reshape(-1),
+            global_embeddings=frame.global_embeddings, proposal_source="supplied",
+            meta=frame.meta)
+        return self._score(queries, text, supplied, top_k, min_score, None, proposal_index=False)
+
+    def _score(self, queries: list[str], text: np.ndarray, frame: CachedFrame, top_k: int,
+               min_score: float, image_score: np.ndarray | None,
+               proposal_index: bool) -> list[GroundingResult]:
+        p = self.logit_params
+        n = frame.num_boxes
+        if n:
+            s = grounding_scores(text, frame.object_embeddings, frame.iou_logits,
+                                 p.logit_log_scale, p.logit_bias)
+        results = []
+        for qi, query in enumerate(queries):
+            objects: list[GroundedBox] = []
+            if n:
+                row = s.score[qi]
+                order = np.argsort(-row, kind="stable")
+                order = order[row[order] >= min_score]
+                if top_k > 0:
+                    order = order[:top_k]
+                objects = [GroundedBox(
+                    box=tuple(float(v) for v in frame.boxes[i]),  # type: ignore[arg-type]
+                    score=float(row[i]), similarity=float(s.similarity[qi, i]),
+                    iou=float(s.iou[qi, i]), cosine=float(s.cosine[qi, i]),
+                    proposal_index=int(i) if proposal_index else -1,
+                    proposal_score=float(frame.proposal_scores[i]),
+                ) for i in order]
+            results.append(GroundingResult(
+                query=query, query_type=QUERY_TEXT, camera=frame.camera,
+                stamp_ns=frame.stamp_ns, image_size=frame.image_size, num_candidates=n,
+                objects=objects,
+                image_score=math.nan if image_score is None else float(image_score[qi]),
+                meta=frame.meta))
+        return results
+
+    # -- image-level retrieval ------------------------------------------------------------
+    def image_match(self, image_text: np.ndarray, globals_: np.ndarray) -> np.ndarray:
+        p = self.logit_params
+        return image_scores(image_text, globals_, p.logit_image_log_scale, p.logit_image_bias)
+
+    def encode_query_image(self, rgb: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """(D,) coarse global embedding of an image used as a query (no boxes)."""
+        _check_rgb(rgb)
+        with self._locked(deadline):
+            query = getattr(self.encoder, "encode_image_query", None)
+            if query is not None:  # the official image-query prompt
+                return _numpy(query(rgb)).reshape(-1)
+            encoded = self.encoder.encode_image(rgb, np.zeros((0, 4), np.float32))
+        return _numpy(encoded.global_embeddings)[0]
+
+    def find_frames(self, *, text: str | None = None, image: np.ndarray | None = None,
+                    frame: CachedFrame | None = None, camera: str | None = None,
+                    top_k: int = 0, deadline: float | None = None) -> list[FrameMatchResult]:
+        """Rank the cached frames (of `camera`, or all) against one query, best first.
+
+        text: sigmoid(cos(t_global, g_coarse) * exp(scale) + bias) (spec section 6).
+        image / frame: cosine of coarse global embeddings; score = (cos + 1) / 2.
+        """
+        if sum(q is not None for q in (text, image, frame)) != 1:
+            raise InputError("give exactly one query: text, image or a cached frame")
+        entries = [e.item for e in self.frames.items(camera or None)]
+        entries = [f for f in entries if f.global_embeddings.size]
+        if text is not None:
+            query = self.check_queries([text])
+            q = self.text_embeddings(query, TARGET_IMAGE, deadline)
+        elif image is not None:
+            q = self.encode_query_image(image, deadline)[None, :]
+        else:
+            q = frame.global_embeddings[:1]  # type: ignore[union-attr]
+        if not entries:
+            return []
+        globals_ = np.stack([f.global_embeddings[0] for f in entries])
+        cos = cosine_matrix(q, globals_)[0]
+        score = self.image_match(q, globals_)[0] if text is not None else (cos + 1) / 2
+        order = np.argsort(-score, kind="stable")
+        if top_k > 0:
+            order = order[:top_k]
+        return [FrameMatchResult(entries[i].camera, entries[i].stamp_ns, float(cos[i]),
+                                 float(score[i]), entries[i].meta) for i in order]
+
+
+def add_positions(result: GroundingResult, depth_m: np.ndarray | None,
+                  intrinsics: Intrinsics | None, missing_status: str | None = None,
+                  **kwargs: Any) -> GroundingResult:
+    """The result with a 3D estimate on every object (see core.depth.estimate_position).
+
+    missing_status: the reason to give every object when depth could not be paired (e.g.
+    'stale_depth'); overrides the computation.
+    """
+    objects = []
+    for obj in result.objects:
+        if missing_status is not None:
+            pos = Position3D.invalid(missing_status)
+        else:
+            pos = estimate_position(obj.box, result.image_size, depth_m, intrinsics, **kwargs)
+        objects.append(replace(obj, position=pos))
+    return replace(result, objects=objects)

@@ -1,0 +1,109 @@
+"""Visual debugging output, apart from inference: rviz markers for grounded objects with 3D,
+and a 2D overlay image. The node calls these only when someone subscribes."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Duration
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from objembed_msgs.msg import GroundedObjectArray
+
+# Distinct colours (RGB 0-255), one per query in request order.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+)
+MIN_MARKER_SIZE = 0.01  # metres: rviz hides zero-thickness cubes
+TEXT_HEIGHT = 0.06  # metres
+
+
+def colour(index: int) -> tuple[int, int, int]:
+    return PALETTE[index % len(PALETTE)]
+
+
+def _duration(seconds: float) -> Duration:
+    seconds = max(float(seconds), 0.0)
+    sec = int(math.floor(seconds))
+    return Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+
+
+def markers_for(arrays: Sequence[GroundedObjectArray], lifetime_s: float,
+                max_per_query: int = 5, delete_all: bool = True) -> MarkerArray:
+    """Cube + label markers for every object with a valid 3D position.
+
+    Each array's header (the source image's) is the markers' header, so rviz places them
+    with the camera pose at capture time. A DELETEALL first clears the previous frame's
+    markers, and a lifetime makes markers vanish when frames stop arriving.
+    """
+    out = MarkerArray()
+    if delete_all:
+        out.markers.append(Marker(action=Marker.DELETEALL))
+    lifetime = _duration(lifetime_s)
+    marker_id = 0
+    for qi, arr in enumerate(arrays):
+        r, g, b = colour(qi)
+        rgba = ColorRGBA(r=r / 255, g=g / 255, b=b / 255, a=0.5)
+        shown = 0
+        for obj in arr.objects:
+            if not obj.position_valid or shown >= max_per_query:
+                continue
+            shown += 1
+            cube = Marker(header=arr.header, ns="objembed/boxes", id=marker_id,
+                          type=Marker.CUBE, action=Marker.ADD, lifetime=lifetime, color=rgba)
+            cube.pose.position = obj.position
+            cube.pose.orientation.w = 1.0
+            cube.scale.x = max(obj.size.x, MIN_MARKER_SIZE)
+            cube.scale.y = max(obj.size.y, MIN_MARKER_SIZE)
+            cube.scale.z = max(obj.size.z, MIN_MARKER_SIZE)
+            text = Marker(header=arr.header, ns="objembed/labels", id=marker_id,
+                          type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, lifetime=lifetime,
+                          color=ColorRGBA(r=r / 255, g=g / 255, b=b / 255, a=1.0),
+                          text=f"{obj.label} {obj.score:.2f}")
+            text.pose.position.x = obj.position.x
+            # optical frame: y points down, so "above" the object is -y
+            text.pose.position.y = obj.position.y - cube.scale.y / 2 - TEXT_HEIGHT
+            text.pose.position.z = obj.position.z
+            text.pose.orientation.w = 1.0
+            text.scale.z = TEXT_HEIGHT
+            out.markers += [cube, text]
+            marker_id += 1
+    return out
+
+
+def clear_markers(header: Header | None = None) -> MarkerArray:
+    """A MarkerArray that removes everything this node drew (on deactivate)."""
+    marker = Marker(action=Marker.DELETEALL)
+    if header is not None:
+        marker.header = header
+    return MarkerArray(markers=[marker])
+
+
+def draw_overlay(rgb: np.ndarray, arrays: Sequence[GroundedObjectArray],
+                 max_per_query: int = 5) -> np.ndarray:
+    """The image with each query's best boxes, labels and scores drawn on it (a copy)."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
+
+    img = PILImage.fromarray(np.ascontiguousarray(rgb[..., :3]), "RGB")
+    draw = ImageDraw.Draw(img)
+    width = max(1, round(min(img.size) / 240))
+    for qi, arr in enumerate(arrays):
+        fill = colour(qi)
+        for obj in list(arr.objects)[:max_per_query]:
+            if not all(math.isfinite(v) for v in (obj.x1, obj.y1, obj.x2, obj.y2)):
+                continue
+            x1, y1 = obj.x1, obj.y1
+            x2, y2 = max(obj.x2 - 1, x1), max(obj.y2 - 1, y1)  # last covered pixel
+            draw.rectangle((x1, y1, x2, y2), outline=fill, width=width)
+            label = f"{obj.label} {obj.score:.2f}"
+            if obj.position_valid:
+                label += f" {obj.position.z:.2f}m"
+            left, top, right, bottom = draw.textbbox((x1, y1), label)
+            ty = y1 - (bottom - top) - 2 if y1 - (bottom - top) - 2 >= 0 else y1
+            draw.rectangle((x1, ty, x1 + (right - left) + 2, ty + (bottom - top) + 2), fill=fill)
+            draw.text((x1 + 1, ty), label, fill=(0, 0, 0))
+    return np.asarray(img)

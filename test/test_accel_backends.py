@@ -1,0 +1,31 @@
+"""Backend selection falls back with a reason, never silently."""
+from __future__ import annotations
+
+import pytest
+
+from objembed_ros.accel import backends
+from objembed_ros.accel.backends import choose_backend
+
+
+def test_torch_is_always_available() -> None:
+    choice = choose_backend("torch", "cpu")
+    assert (choice.chosen, choice.fell_back, choice.reasons) == ("torch", False, ())
+
+
+def test_tensorrt_on_cpu_falls_back_with_reason() -> None:
+    choice = choose_backend("tensorrt", "cpu")
+    assert choice.fell_back and choice.chosen == "onnxruntime"  # onnxruntime is a dependency
+    assert "CUDA device" in choice.describe() and "'tensorrt' unavailable" in choice.describe()
+
+
+def test_chain_reaches_torch_when_nothing_else(monkeypatch) -> None:
+    monkeypatch.setattr(backends, "_has_module", lambda name: False)
+    choice = choose_backend("tensorrt", "cuda:0")
+    assert choice.chosen == "torch"
+    assert [r.split(":")[0] for r in choice.reasons] == ["tensorrt", "onnxruntime"]
+    assert "not installed" in choice.reasons[0]
+
+
+def test_unknown_backend_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown backend 'tvm'"):
+        choose_backend("tvm", "cpu")

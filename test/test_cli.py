@@ -1,0 +1,75 @@
+"""objembed-ground end to end on image files, with the tiny checkpoint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from objembed_ros.cli import UNTRAINED_BANNER, main
+
+
+def test_demo_mode(tmp_path: Path, capsys) -> None:
+    out, overlay = tmp_path / "r.json", tmp_path / "o.png"
+    assert main(["--demo", "--top-k", "2", "--out", str(out), "--overlay", str(overlay)]) == 0
+    printed = capsys.readouterr().out
+    assert UNTRAINED_BANNER in printed
+    result = json.loads(out.read_text())
+    assert result["untrained"] is True and result["warning"] == UNTRAINED_BANNER
+    assert result["proposals"].startswith("grid")
+    assert len(result["images"][0]["results"]) == 3
+    assert Image.open(overlay).size == (512, 512)
+
+
+def test_files_with_supplied_boxes(tmp_path: Path, tiny_objembed_dir: Path,
+                                   photo_wide: np.ndarray, photo: np.ndarray) -> None:
+    a, b = tmp_path / "a.png", tmp_path / "b.jpg"
+    Image.fromarray(photo_wide).save(a)
+    Image.fromarray(photo).save(b)
+    boxes = {str(a): [[10, 10, 300, 300], [300, 0, 600, 400], [50, 50, 60, 60]],
+             str(b): [[0, 0, 512, 512]]}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    out = tmp_path / "r.json"
+    rc = main(["--checkpoint", str(tiny_objembed_dir), "--image", str(a), str(b),
+               "--query", "a coffee cup", "--query", "a saucer", "--boxes",
+               str(tmp_path / "boxes.json"), "--top-k", "2", "--out", str(out),
+               "--overlay", str(tmp_path / "ov.png")])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["untrained"] is False and result["proposals"] == "supplied"
+    first = result["images"][0]
+    assert first["size"] == [600, 400] and first["num_boxes"] == 3
+    for res in first["results"]:
+        scores = [hit["score"] for hit in res["top"]]
+        assert len(scores) == 2 and scores == sorted(scores, reverse=True)
+        hit = res["top"][0]
+        assert abs(hit["score"] - hit["similarity"] * hit["iou"]) < 1e-6
+    assert len(result["images"][1]["results"][0]["top"]) == 1
+    assert (tmp_path / "ov_0.png").is_file() and (tmp_path / "ov_1.png").is_file()
+
+
+def test_whole_image_and_errors(tmp_path: Path, tiny_objembed_dir: Path, photo: np.ndarray,
+                                capsys) -> None:
+    img = tmp_path / "p.png"
+    Image.fromarray(photo).save(img)
+    out = tmp_path / "r.json"
+    assert main(["--checkpoint", str(tiny_objembed_dir), "--image", str(img), "--query", "x",
+                 "--proposer", "whole-image", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["images"][0]["results"][0]["top"][0]["box"] == \
+        [0, 0, 512, 512]
+    assert main(["--checkpoint", str(tmp_path / "missing"), "--image", str(img),
+                 "--query", "x"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_wedetect_proposer(tmp_path: Path, tiny_objembed_dir: Path, tiny_wedetect_path: Path,
+                           photo_wide: np.ndarray) -> None:
+    img = tmp_path / "c.png"
+    Image.fromarray(photo_wide).save(img)
+    out = tmp_path / "r.json"
+    assert main(["--checkpoint", str(tiny_objembed_dir), "--image", str(img), "--query", "a cup",
+                 "--wedetect-checkpoint", str(tiny_wedetect_path), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["proposals"] == "wedetect"
+    assert 0 < result["images"][0]["num_boxes"] <= 100

@@ -1,0 +1,332 @@
+"""The full image and text passes against an independent, official-style re-implementation
+that runs transformers' own ``Qwen3VLModel.forward`` (its placeholder scatter, M-RoPE index
+and deepstack injection), plus determinism, scores, caching and input validation."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from objembed_ros import EncodedFrame, InputError, ObjEmbedEncoder, score_images, score_objects
+from objembed_ros.core.resize import smart_resize
+from objembed_ros.encoder.roi_align import roi_align
+from objembed_ros.testing.tiny_objembed import make_tiny_objembed_checkpoint
+
+LOCATE = ("Locate the specific object being described by analyzing its unique instance-level "
+          "attributes, its spatial position, and its relationship with surrounding objects. ")
+BOXES = np.array([[40.0, 30.0, 300.0, 480.0], [200.5, 100.25, 260.0, 180.0],
+                  [0.0, 0.0, 512.0, 512.0]])
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_objembed_dir: Path) -> ObjEmbedEncoder:
+    return ObjEmbedEncoder.from_pretrained(tiny_objembed_dir, attn="sdpa")
+
+
+@pytest.fixture(scope="module")
+def layout_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    return {k: make_tiny_objembed_checkpoint(tmp_path_factory.mktemp(f"layout{k}"),
+                                             use_two_tokens=k, seed=10 + k) for k in (0, 1)}
+
+
+# ---------------------------------------------------------------- official-style reference
+def _official_sine(pos: torch.Tensor, dim: int) -> torch.Tensor:
+    d = dim // pos.size(-1)
+    dim_t = torch.arange(d, dtype=pos.dtype)
+    dim_t = 10000 ** (2 * (dim_t // 2) / d)
+
+    def emb(v: torch.Tensor) -> torch.Tensor:
+        p = (v * 2 * math.pi)[:, None] / dim_t
+        return torch.stack((p[:, 0::2].sin(), p[:, 1::2].cos()), dim=2).flatten(1)
+
+    if pos.size(-1) == 2:
+        return torch.cat((emb(pos[:, 1]), emb(pos[:, 0])), dim=1)
+    return torch.cat((emb(pos[:, 1]), emb(pos[:, 0]), emb(pos[:, 2]), emb(pos[:, 3])), dim=1)
+
+
+def official_style_pass(enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndarray,
+                        layout: int) -> dict[str, torch.Tensor]:
+    """Re-implements the official inference with transformers doing the LM wiring."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+    qwen, proj, tok = enc.qwen, enc.projector, enc.tokenizer
+    inner, d = proj.model, proj.hidden_size
+    oh, ow = rgb.shape[:2]
+    rh, rw = smart_resize(oh, ow, 32, 900 * 1024, 1200 * 1024)
+    resized = np.asarray(Image.fromarray(rgb).resize((rw, rh)))
+    ip = Qwen2VLImageProcessor(patch_size=16, temporal_patch_size=2, merge_size=2,
+                               image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    inputs = ip.preprocess(images=resized, do_resize=False, return_tensors="pt")
+    pv, grid = inputs["pixel_values"], inputs["image_grid_thw"]
+    obj_str = "".join(f"Object {j}: <object><object>. " for j in range(len(boxes)))
+    if layout == 0:
+        obj_str = obj_str + "The global image is <global>"
+    elif layout == 1:
+        obj_str = "The global image is <global>. " + obj_str + "The global image is <global>"
+    else:
+        obj_str = ("The coarse global image is <global>. " + obj_str
+                   + " The detailed global image is <global>. ")
+    messages = [{"role": "user", "content": [{"type": "image"},
+                                             {"type": "text", "text": LOCATE + obj_str}]}]
+    text = tok.apply_chat_template(messages, tokenize=False).strip()
+    n_img = int(grid.prod()) // 4
+    text = text.replace("<|image_pad|>", "<|placeholder|>" * n_img)
+    text = text.replace("<|placeholder|>", "<|image_pad|>")
+    input_ids = tok([text], return_tensors="pt")["input_ids"]
+    object_id = tok.convert_tokens_to_ids("<object>")
+    global_id = tok.convert_tokens_to_ids("<global>")
+
+    with torch.no_grad():
+        image_embeds, deepstack = qwen.get_image_features(pv, grid)
+        _, hh, ww = grid[0].tolist()
+        hh, ww = hh // 2, ww // 2
+
+        def to_map(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(1, hh, ww, d).permute(0, 3, 1, 2).contiguous()
+
+        s1 = inner.first_scale_conv1(to_map(deepstack[-2])).permute(0, 2, 3, 1)
+        s1 = torch.nn.functional.gelu(inner.first_scale_norm(s1)).permute(0, 3, 1, 2)
+        s1 = inner.first_scale_conv2(s1)
+        s2 = inner.second_scale_conv(to_map(deepstack[-1]))
+        s3 = to_map(image_embeds[0].clone())
+        if len(boxes) == 0:
+            gt = torch.tensor([[0, 0, ww * 32, hh * 32]], dtype=torch.float32)
+        else:
+            gt = torch.tensor(boxes, dtype=torch.float32) / (
+                torch.tensor([ow, oh, ow, oh], dtype=torch.float32)
+                / torch.tensor([ww * 32, hh * 32, ww * 32, hh * 32], dtype=torch.float32))
+        r1 = roi_align(s1[0].float(), gt, 7, 1 / 8)
+        r2 = roi_align(s2[0].float(), gt, 7, 1 / 16)
+        r3 = roi_align(s3[0].float(), gt, 7, 1 / 32)
+        xs = torch.linspace(0, ww - 1, ww) / ww
+        ys = torch.linspace(0, hh - 1, hh) / hh
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        coor = torch.cat([xx[..., None], yy[..., None]], -1) + 0.5
+        image_feat = image_embeds[0] + inner.image_pos_projector(
+            _official_sine(coor.flatten(0, 1), d))
+        roi = inner.merge(torch.cat([r1, r2, r3], dim=1).permute(0, 2, 3, 1))
+        roi = inner.object_vision_projector(roi.flatten(1))
+        cxcywh = torch.stack([(gt[:, 0] + gt[:, 2]) / 2, (gt[:, 1] + gt[:, 3]) / 2,
+                              gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]], -1)
+        box_coor = inner.object_pos_projector(_official_sine(
+            cxcywh / torch.tensor([ww * 32, hh * 32, ww * 32, hh * 32]), d))
+        n = len(boxes)
+        pos_emb = proj.logit_pos_embedding(torch.zeros((n,), dtype=torch.long))
+        objs = (roi + box_coor)[:n]
+        pairs = torch.cat([objs[:, None], (pos_emb + box_coor[:n])[:, None]], 1).flatten(0, 1)
+
+        # transformers' forward: our image features, object features via an embedding hook
+        def fake_features(*_args, **_kwargs):
+            return (image_feat,), deepstack
+
+        def hook(_module, args, output):
+            mask = (args[0] == object_id)[..., None].expand_as(output)
+            return output.masked_scatter(mask, pairs)
+
+        original = qwen.get_image_features
+        qwen.get_image_features = fake_features
+        handle = qwen.language_model.embed_tokens.register_forward_hook(hook)
+        try:
+            hidden = qwen(input_ids=input_ids, pixel_values=pv, image_grid_thw=grid,
+                          attention_mask=torch.ones_like(input_ids),
+                          use_cache=False).last_hidden_state[0]
+        finally:
+            handle.remove()
+            del qwen.get_image_features
+            assert qwen.get_image_features == original
+        where = (input_ids[0] == object_id).nonzero().squeeze(1).reshape(-1, 2)
+        return {"ids": input_ids[0], "objects": hidden[where[:, 0]],
+                "ious": proj.logit_iou_proj(hidden[where[:, 1]])[:, 0],
+                "globals": hidden[input_ids[0] == global_id]}
+
+
+def _max_diff(frame: EncodedFrame, ref: dict[str, torch.Tensor]) -> float:
+    return max((frame.object_embeddings - ref["objects"]).abs().max().item()
+               if len(ref["objects"]) else 0.0,
+               (frame.iou_logits - ref["ious"]).abs().max().item() if len(ref["ious"]) else 0.0,
+               (frame.global_embeddings - ref["globals"]).abs().max().item())
+
+
+# ---------------------------------------------------------------- image pass
+@pytest.mark.parametrize("nboxes", [3, 0])
+def test_image_pass_matches_official_style_forward(encoder: ObjEmbedEncoder, photo: np.ndarray,
+                                                   nboxes: int) -> None:
+    boxes = BOXES[:nboxes]
+    frame = encoder.encode_image(photo, boxes)
+    ref = official_style_pass(encoder, photo, boxes, layout=2)
+    assert encoder.image_prompt_ids(nboxes, 900) == ref["ids"].tolist()
+    assert frame.object_embeddings.shape == (nboxes, 64)
+    assert frame.iou_logits.shape == (nboxes,)
+    assert frame.global_embeddings.shape == (2, 64)
+    diff = _max_diff(frame, ref)
+    print(f"MAXDIFF image pass vs transformers-forward reference (N={nboxes}): {diff:.3e}")
+    assert diff < 1e-4
+    # the check has teeth: neighbouring tokens are far from the read-out ones
+    if nboxes:
+        assert (frame.object_embeddings - frame.object_embeddings.roll(1, 0)).abs().max() > 0.1
+
+
+def test_image_pass_non_square_photo(encoder: ObjEmbedEncoder, photo_wide: np.ndarray) -> None:
+    boxes = np.array([[10.0, 20.0, 300.0, 390.0], [350.0, 5.0, 600.0, 200.0]])
+    frame = encoder.encode_image(photo_wide, boxes)
+    ref = official_style_pass(encoder, photo_wide, boxes, layout=2)
+    # 400x600 -> rounded 384x608 < min_pixels; beta = sqrt(921600/240000) = 1.9596:
+    # h = ceil(783.8/32)*32 = 800, w = ceil(1175.8/32)*32 = 1184
+    assert frame.image_size == (600, 400) and frame.resized_size == (1184, 800)
+    diff = _max_diff(frame, ref)
+    print(f"MAXDIFF image pass non-square: {diff:.3e}")
+    assert diff < 1e-4
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+def test_other_token_layouts(layout_dirs: dict[int, Path], photo: np.ndarray,
+                             layout: int) -> None:
+    enc = ObjEmbedEncoder.from_pretrained(layout_dirs[layout])
+    assert enc.use_two_tokens == layout
+    frame = enc.encode_image(photo, BOXES[:2])
+    ref = official_style_pass(enc, photo, BOXES[:2], layout=layout)
+    assert frame.global_embeddings.shape[0] == (1 if layout == 0 else 2)
+    diff = _max_diff(frame, ref)
+    print(f"MAXDIFF image pass layout {layout}: {diff:.3e}")
+    assert diff < 1e-4
+
+
+def test_cpu_float32_is_deterministic(encoder: ObjEmbedEncoder, photo: np.ndarray) -> None:
+    a = encoder.encode_image(photo, BOXES)
+    b = encoder.encode_image(photo, BOXES)
+    assert torch.equal(a.object_embeddings, b.object_embeddings)
+    assert torch.equal(a.iou_logits, b.iou_logits)
+    assert torch.equal(a.global_embeddings, b.global_embeddings)
+    assert set(a.timings) >= {"preprocess", "vision", "projector", "llm", "total"}
+
+
+def test_box_i_fills_pair_i(encoder: ObjEmbedEncoder, photo: np.ndarray) -> None:
+    """Attention is causal, so object 0 cannot see box 1: changing only box 1 leaves o_0
+    unchanged and changes o_1 (a swapped or shifted pair layout would break this)."""
+    a = encoder.encode_image(photo, BOXES[[0, 1]])
+    b = encoder.encode_image(photo, BOXES[[0, 2]])
+    assert (a.object_embeddings[0] - b.object_embeddings[0]).abs().max().item() < 1e-5
+    assert (a.object_embeddings[1] - b.object_embeddings[1]).abs().max().item() > 1e-2
+    assert a.boxes.tolist() == BOXES[[0, 1]].tolist()
+
+
+# ---------------------------------------------------------------- validation
+def test_box_policy(encoder: ObjEmbedEncoder, photo: np.ndarray) -> None:
+    frame = encoder.encode_image(photo, [[300, 400, 100, 50], [-10, -5, 600, 700], [5, 5, 5, 9]])
+    assert frame.boxes.tolist() == [[100, 50, 300, 400], [0, 0, 512, 512], [5, 5, 5, 9]]
+    with pytest.raises(InputError, match="row"):
+        encoder.encode_image(photo, [[0, 0, 10, 10], [0, np.nan, 5, 5]])
+    with pytest.raises(InputError, match="inf"):
+        encoder.encode_image(photo, [[0, 0, np.inf, 10]])
+    with pytest.raises(InputError, match="max_boxes"):
+        encoder.encode_image(photo, np.tile([[0.0, 0.0, 10.0, 10.0]], (301, 1)))
+    with pytest.raises(InputError, match="shape"):
+        encoder.encode_image(photo, [[0, 0, 10]])
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 0, 3), np.uint8), np.zeros((8, 8, 3), np.float32),
+                                 np.zeros((8, 8, 5), np.uint8), [[1, 2, 3]]])
+def test_bad_images(encoder: ObjEmbedEncoder, bad) -> None:
+    with pytest.raises(InputError):
+        encoder.encode_image(bad, None)
+
+
+def test_rgba_and_grey_inputs(encoder: ObjEmbedEncoder, photo: np.ndarray) -> None:
+    rgba = np.concatenate([photo, np.full(photo.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    a = encoder.encode_image(rgba, BOXES[:1])
+    b = encoder.encode_image(photo, BOXES[:1])
+    assert torch.equal(a.object_embeddings, b.object_embeddings)
+    grey = encoder.encode_image(photo[:, :, 1], BOXES[:1])
+    assert grey.object_embeddings.shape == (1, 64)
+
+
+# ---------------------------------------------------------------- text pass and scores
+def test_text_pass_reads_the_local_text_token(encoder: ObjEmbedEncoder) -> None:
+    tok, qwen = encoder.tokenizer, encoder.qwen
+    for target, token, sentence in (("object", "<local_text>", "Find an object"),
+                                    ("image", "<global_text>", "Find an image")):
+        query = "the red cup on the left"
+        text = tok.apply_chat_template([{"role": "user", "content": [
+            {"type": "text", "text": f"{sentence} that matches the given caption. {query} "
+                                     f"{token}"}]}], tokenize=False).strip()
+        ids = tok([text], return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            hidden = qwen(input_ids=ids, attention_mask=torch.ones_like(ids),
+                          use_cache=False).last_hidden_state[0]
+        at = (ids[0] == tok.convert_tokens_to_ids(token)).nonzero().item()
+        ours = encoder.encode_text(query, target)[0]
+        diff = (ours - hidden[at]).abs().max().item()
+        print(f"MAXDIFF text pass ({target}): {diff:.3e}")
+        assert diff < 1e-5
+        assert (ours - hidden[at - 1]).abs().max().item() > 0.1
+
+
+def test_text_batch_and_cache(tiny_objembed_dir: Path) -> None:
+    enc = ObjEmbedEncoder.from_pretrained(tiny_objembed_dir, text_cache_size=2)
+    texts = ["a cat", "the person in a white space suit", "a red cup"]
+    batch = enc.encode_text(texts)
+    assert batch.shape == (3, 64)
+    singles = [ObjEmbedEncoder.encode_text(enc, [t]) for t in texts]  # now cached (size 2)
+    assert len(enc.text_cache) == 2
+    fresh = ObjEmbedEncoder.from_pretrained(tiny_objembed_dir, text_cache_size=0)
+    alone = torch.cat([fresh.encode_text(t) for t in texts])
+    diff = (batch - alone).abs().max().item()
+    print(f"MAXDIFF text batch vs single: {diff:.3e}")
+    assert diff < 1e-5
+    assert all(torch.equal(s[0], batch[i]) or (s[0] - batch[i]).abs().max() < 1e-5
+               for i, s in enumerate(singles))
+    hits = enc.text_cache.hits
+    enc.encode_text("a red cup")
+    assert enc.text_cache.hits == hits + 1
+    assert not torch.equal(enc.encode_text("a red cup", "image"), enc.encode_text("a red cup"))
+    with pytest.raises(InputError):
+        enc.encode_text("  ")
+
+
+def test_scores_against_float64_reference(encoder: ObjEmbedEncoder, photo: np.ndarray,
+                                          tiny_objembed_dir: Path) -> None:
+    with safe_open(str(tiny_objembed_dir / "model.safetensors"), framework="pt") as f:
+        scalars = {k: f.get_tensor(k).double().item() for k in (
+            "logit_log_scale", "logit_bias", "logit_image_log_scale", "logit_image_bias")}
+    frame = encoder.encode_image(photo, BOXES)
+    text = encoder.encode_text(["a person", "the sky"])
+    t = text.double().numpy()
+    o = frame.object_embeddings.double().numpy()
+    u = frame.iou_logits.double().numpy()
+    cos = (t / np.linalg.norm(t, axis=1, keepdims=True)) @ \
+        (o / np.linalg.norm(o, axis=1, keepdims=True)).T
+
+    def sig(x):
+        return 1 / (1 + np.exp(-x))
+
+    sim = sig(cos * np.exp(scalars["logit_log_scale"]) + scalars["logit_bias"])
+    ref = sim * sig(u)[None]
+    parts = encoder.score_objects(text, frame, return_parts=True)
+    d_torch = np.abs(parts.score.double().numpy() - ref).max()
+    assert np.abs(parts.cosine.double().numpy() - cos).max() < 1e-5
+    assert np.abs(parts.similarity.double().numpy() - sim).max() < 1e-5
+    assert np.abs(parts.iou.double().numpy() - sig(u)[None]).max() < 1e-6
+    np_score = score_objects(t, (o, u), encoder)
+    d_numpy = np.abs(np_score - ref).max()
+    print(f"MAXDIFF scores torch f32: {d_torch:.3e}, numpy f64: {d_numpy:.3e}")
+    assert d_torch < 1e-5 and d_numpy < 1e-12
+    g = frame.global_embeddings[:1].double().numpy()
+    tg = encoder.encode_text("a person", "image").double().numpy()
+    cos_g = (tg @ g.T) / np.linalg.norm(tg) / np.linalg.norm(g)
+    img_ref = sig(cos_g * np.exp(scalars["logit_image_log_scale"]) + scalars["logit_image_bias"])
+    img = score_images(torch.from_numpy(tg).float(), frame.global_embeddings[:1], encoder)
+    assert np.abs(img.double().numpy() - img_ref).max() < 1e-5
+
+
+def test_image_query_embedding(encoder: ObjEmbedEncoder, photo: np.ndarray) -> None:
+    q = encoder.encode_image_query(photo)
+    ref = official_style_pass(encoder, photo, np.zeros((0, 4)), layout=2)
+    # the image-query prompt is the no-box layout 2 prompt without the doubled space
+    assert q.shape == (64,)
+    assert not torch.allclose(q, ref["globals"][0])
+    assert encoder.score_images(q[None], q[None]).item() > 0
