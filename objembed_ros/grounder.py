@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +28,6 @@ from objembed_ros.core.depth import Intrinsics, Position3D, estimate_position
 from objembed_ros.core.errors import InputError
 from objembed_ros.core.frames import FrameRing
 from objembed_ros.core.results import (
-    QUERY_IMAGE,
     QUERY_TEXT,
     FrameMatchResult,
     GroundedBox,
@@ -105,6 +105,13 @@ def _numpy(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+def _embeddings(x: Any, n: int) -> np.ndarray:
+    """(n, D) float32; with no boxes a (0, D) array, never a reshape error."""
+    arr = _numpy(x)
+    dim = arr.shape[-1] if arr.ndim >= 2 else 0
+    return arr.reshape(n, dim) if n else np.zeros((0, dim), np.float32)
+
+
 def _check_rgb(rgb: np.ndarray) -> None:
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 \
             or rgb.dtype != np.uint8 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
@@ -158,7 +165,10 @@ class Grounder:
                     f"WeDetect checkpoint file not found: {config.wedetect_checkpoint!r} "
                     "(parameter 'wedetect_checkpoint'; or set proposer to 'external' or "
                     "'whole_image')")
-            from objembed_ros.proposals import WeDetectProposer
+            try:
+                from objembed_ros.proposals import WeDetectProposer
+            except ImportError:  # the package top level may not re-export it
+                from objembed_ros.proposals.wedetect import WeDetectProposer
 
             # WeDetect runs in float32 on CPU; half precision only on CUDA.
             det_dtype = dtype if config.device.startswith("cuda") else torch.float32
@@ -186,14 +196,18 @@ class Grounder:
             pass
 
     # -- the model lock -----------------------------------------------------------------
-    def _locked(self, deadline: float | None) -> threading.Lock:
+    @contextmanager
+    def _locked(self, deadline: float | None) -> Iterator[None]:
+        """Hold the model lock; GrounderBusy when it is not free before the deadline."""
         timeout = -1 if deadline is None else max(deadline - time.monotonic(), 0.0)
         if not self._model_lock.acquire(timeout=timeout):
             raise GrounderBusy("timeout: the model is busy encoding a frame")
-        if self.encoder is None:
+        try:
+            if self.encoder is None:
+                raise RuntimeError("model not loaded")
+            yield
+        finally:
             self._model_lock.release()
-            raise RuntimeError("model not loaded")
-        return self._model_lock
 
     # -- image pass -----------------------------------------------------------------------
     def encode_frame(self, rgb: np.ndarray, stamp_ns: int = 0, camera: str = "",
@@ -239,7 +253,7 @@ class Grounder:
         frame = CachedFrame(
             camera=camera, stamp_ns=int(stamp_ns), rgb=rgb, image_size=(w, h),
             boxes=boxes_arr, proposal_scores=scores,
-            object_embeddings=_numpy(encoded.object_embeddings).reshape(len(boxes_arr), -1),
+            object_embeddings=_embeddings(encoded.object_embeddings, len(boxes_arr)),
             iou_logits=_numpy(encoded.iou_logits).reshape(-1),
             global_embeddings=_numpy(encoded.global_embeddings),
             proposal_source=source, timings=timings, meta=meta,
@@ -322,7 +336,7 @@ class Grounder:
             camera=frame.camera, stamp_ns=frame.stamp_ns, rgb=frame.rgb,
             image_size=frame.image_size, boxes=boxes_arr,
             proposal_scores=np.full(len(boxes_arr), np.nan, np.float32),
-            object_embeddings=_numpy(encoded.object_embeddings).reshape(len(boxes_arr), -1),
+            object_embeddings=_embeddings(encoded.object_embeddings, len(boxes_arr)),
             iou_logits=_numpy(encoded.iou_logits).reshape(-1),
             global_embeddings=frame.global_embeddings, proposal_source="supplied",
             meta=frame.meta)

@@ -174,6 +174,46 @@ class ObjEmbedEncoder:
         self.score_params = ScoreParams.from_projector(self.projector)
         self.sync_timings = False
         self._prompt_cache: dict[tuple[int, int], tuple[list[int], ...]] = {}
+        # Acceleration hooks (objembed_ros.accel); None = plain torch modules, eager text pass.
+        self.projector_backend: Any = None
+        self.text_runner: Any = None
+
+    # ------------------------------------------------------------------ acceleration
+    def set_projector_backend(self, name: str = "torch", cache_dir: str | os.PathLike | None = None,
+                              allow_build: bool = False, model: str | None = None,
+                              precision: str = "fp16",
+                              grids: tuple[tuple[int, int], ...] = ()) -> Any:
+        """Run the object projector and IoU head on "torch", "onnxruntime" or "tensorrt".
+
+        An unavailable backend falls back (tensorrt -> onnxruntime -> torch) with a logged
+        reason; the returned ``BackendChoice`` says what runs. cache_dir holds the ONNX
+        exports and engines (required unless torch runs); model names them (default: the
+        checkpoint directory name); allow_build exports/builds missing or stale graphs on
+        first use of a merged grid; grids (H', W') are prepared now so failures surface at
+        configure time. See :mod:`objembed_ros.accel.projector_runtime`.
+        """
+        from objembed_ros.accel.projector_runtime import ProjectorBackend
+
+        backend = ProjectorBackend(self.projector, name, self.device, cache_dir,
+                                   model=model or self.ckpt.path.name.lower(),
+                                   checkpoint=str(self.ckpt.path), allow_build=allow_build,
+                                   precision=precision)
+        backend.prepare(grids)
+        self.projector_backend = None if backend.choice.chosen == "torch" else backend
+        return backend.choice
+
+    def enable_text_cuda_graphs(self, enabled: bool = True) -> bool:
+        """Replay captured CUDA graphs for the text pass (CUDA only; returns whether on).
+
+        Falls back to the eager pass for shapes beyond the buckets or after a capture
+        failure. See :mod:`objembed_ros.accel.cuda_graphs`.
+        """
+        self.text_runner = None
+        if enabled and self.device.type == "cuda":
+            from objembed_ros.accel.cuda_graphs import TextGraphRunner
+
+            self.text_runner = TextGraphRunner(self.qwen.language_model, self.device)
+        return self.text_runner is not None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -273,7 +313,11 @@ class ObjEmbedEncoder:
 
         # 1. vision tower: merged tokens E and the deepstack maps
         t = time.perf_counter()
-        pixel_values = torch.from_numpy(pre.pixel_values).to(dev)
+        pixel_values = torch.from_numpy(pre.pixel_values)
+        if dev.type == "cuda":  # pinned staging buffer -> asynchronous upload
+            pixel_values = pixel_values.pin_memory().to(dev, non_blocking=True)
+        else:
+            pixel_values = pixel_values.to(dev)
         grid_thw = torch.tensor([pre.grid_thw], dtype=torch.long)
         image_embeds, deepstack = self.qwen.get_image_features(pixel_values, grid_thw.to(dev))
         embeds = image_embeds[0]
@@ -283,7 +327,8 @@ class ObjEmbedEncoder:
         # 2-7. object projector: position add, pyramid, RoIAlign, R_i + P_i, pos tokens
         t = time.perf_counter()
         rboxes = self._rescale_boxes(boxes, pre)
-        obj_tok, second_tok, image_pos = self.projector(
+        projector = self.projector_backend or self.projector
+        obj_tok, second_tok, image_pos = projector(
             embeds.to(dtype), deepstack[-2].to(dtype), deepstack[-1].to(dtype), rboxes,
             (mh, mw))
         self._sync()
@@ -326,7 +371,7 @@ class ObjEmbedEncoder:
         t = time.perf_counter()
         first, second = obj_pos_d[0::2], obj_pos_d[1::2]
         objects = hidden[first].float()
-        ious = self.projector.iou_logits(hidden[second]).float()
+        ious = (self.projector_backend or self.projector).iou_logits(hidden[second]).float()
         globals_ = hidden[glob_pos.to(dev)].float()
         self._sync()
         timings["readout"] = time.perf_counter() - t
@@ -390,10 +435,13 @@ class ObjEmbedEncoder:
             ids[i, :len(s)] = torch.tensor(s)
             mask[i, :len(s)] = 1
         dev = self.device
-        positions = torch.arange(length).view(1, 1, -1).expand(3, len(seqs), -1)
-        hidden = self.qwen.language_model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                                          position_ids=positions.to(dev),
-                                          use_cache=False).last_hidden_state
+        hidden = None if self.text_runner is None else self.text_runner(ids, mask)
+        if hidden is None:
+            positions = torch.arange(length).view(1, 1, -1).expand(3, len(seqs), -1)
+            hidden = self.qwen.language_model(input_ids=ids.to(dev),
+                                              attention_mask=mask.to(dev),
+                                              position_ids=positions.to(dev),
+                                              use_cache=False).last_hidden_state
         rows = torch.arange(len(seqs), device=dev)
         return hidden[rows, torch.tensor(reads, device=dev)].float()
 

@@ -23,9 +23,9 @@ exact vectorised version cheap:
 
 Only same-label pairs are formed (candidates sorted by label, ragged pair lists), so the
 work is the sum of squared label-group sizes, and candidates kept in earlier chunks
-suppress a new chunk through the same kind of same-label pair list. Ties in score are broken by position (a stable
-order); the official sorts are not stable, so which of two *exactly* equal scores wins
-is implementation-defined there.
+suppress a new chunk through the same kind of same-label pair list. Ties in score are
+broken by position (a stable order); the official sorts are not stable, so which of two
+*exactly* equal scores wins is implementation-defined there.
 """
 from __future__ import annotations
 

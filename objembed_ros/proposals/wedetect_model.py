@@ -334,15 +334,19 @@ class WeDetectModel(nn.Module):
         return self.backbone.downsample_layers[0][0].weight.dtype
 
     def forward_levels(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Raw per-level outputs: logits [B, P, H, W] and DFL logits [B, 64, H, W], float32."""
+        """Raw per-level outputs: logits [B, P, H, W] and DFL logits [B, 64, H, W].
+
+        They come out in the dtype of ``embeddings`` (float32 unless the whole module was
+        converted, e.g. to float64 for a reference run), whatever the convolutions ran in.
+        """
         feats = self.neck(self.backbone(x))
         head = self.bbox_head
-        prompts = self.embeddings.float()
+        prompts = self.embeddings
         logits, regs = [], []
         for lvl, f in enumerate(feats):
-            emb = head.cls_preds[lvl](f).float()
+            emb = head.cls_preds[lvl](f).to(prompts.dtype)
             logits.append(head.cls_contrasts[lvl](emb, prompts))
-            regs.append(head.reg_preds[lvl](f).float())
+            regs.append(head.reg_preds[lvl](f).to(prompts.dtype))
         return logits, regs
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,7 +354,12 @@ class WeDetectModel(nn.Module):
 
         Anchors run P3, P4, P5, each row-major: A = 8400 at 640.
         """
-        logits, regs = self.forward_levels(x)
+        return self.decode(*self.forward_levels(x))
+
+    @staticmethod
+    def decode(logits: list[torch.Tensor], regs: list[torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-level outputs -> boxes [B, A, 4] (letterbox px) and sigmoid scores [B, A, P]."""
         boxes, scores = [], []
         for lvl, (lg, rg) in enumerate(zip(logits, regs, strict=True)):
             b, p, h, w = lg.shape

@@ -16,7 +16,9 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from objembed_ros.proposals.wedetect_keys import simple_to_original
@@ -57,7 +59,10 @@ def _init(name: str, module: nn.Module, leaf: str, shape: tuple[int, ...],
     if isinstance(module, nn.BatchNorm2d):
         if leaf == "num_batches_tracked":
             return torch.tensor(0, dtype=torch.long)
-        return {"weight": lambda: uniform(0.6, 1.4), "bias": lambda: normal(0.1),
+        # BottleRep units stay small next to their alpha * x shortcut: 30 3x3 units in a
+        # row would otherwise amplify any texture the calibration image lacks.
+        lo, hi = (0.1, 0.3) if ".m." in name else (0.6, 1.4)
+        return {"weight": lambda: uniform(lo, hi), "bias": lambda: normal(0.1),
                 "running_mean": lambda: normal(0.1),
                 "running_var": lambda: uniform(0.5, 1.5)}[leaf]()
     if isinstance(module, (nn.LayerNorm, LayerNormChannelsFirst)):
@@ -69,7 +74,7 @@ def _init(name: str, module: nn.Module, leaf: str, shape: tuple[int, ...],
     if isinstance(module, ContrastHead):
         level = int(name.split(".")[-1])
         return (torch.tensor(-2.0 - 0.5 * level) if leaf == "bias"
-                else torch.tensor(0.1 * level))
+                else torch.tensor(-0.7 + 0.1 * level))  # exp(-0.7) ~ 0.5: no 1.0 ties
     if name.startswith("bbox_head.reg_preds.") and name.endswith(".6"):
         # DFL logits: peaky enough that box sizes vary from anchor to anchor.
         return normal(2.0 / math.sqrt(shape[1])) if leaf == "weight" else normal(1.0)
@@ -107,11 +112,28 @@ def make_wedetect_state_dict(size: str = "base",
     return state
 
 
+def _calibration_batch(side: int, gen: torch.Generator) -> torch.Tensor:
+    """Real photos (scikit-image's astronaut, coffee, chelsea) as a [3, 3, side, side] batch;
+    smooth random noise when scikit-image is missing. Real photos matter: a random network
+    calibrated on noise alone amplifies the texture of real images by orders of magnitude
+    through its 30 3x3 units and saturates the scores."""
+    try:
+        from skimage import data
+        photos = [data.astronaut(), data.coffee(), data.chelsea()]
+    except Exception:  # scikit-image is a test dependency; stay usable without it
+        low = torch.rand(3, 3, side // 16, side // 16, generator=gen)
+        return torch.nn.functional.interpolate(low, size=(side, side), mode="bilinear")
+    arrays = [np.asarray(Image.fromarray(np.ascontiguousarray(p)).resize((side, side),
+                                                                        Image.BILINEAR))
+              for p in photos]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+
+
 @torch.no_grad()
 def _calibrate_batchnorm(config: WeDetectConfig, state: dict[str, torch.Tensor],
                          gen: torch.Generator, side: int = 256) -> None:
-    """Set every BN's running stats near the statistics it really sees on a smooth random
-    image (a pre-hook, in forward order), so activations stay O(1) through the network and
+    """Set every BN's running stats near the statistics it really sees on a small batch of
+    photos (a pre-hook, in forward order), so activations stay O(1) through the network and
     scores do not saturate to exact 0/1 ties. Updates ``state`` in place."""
     with torch.device("meta"):
         model = WeDetectModel(config)
@@ -128,10 +150,8 @@ def _calibrate_batchnorm(config: WeDetectConfig, state: dict[str, torch.Tensor],
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules()
                if isinstance(m, nn.BatchNorm2d)]
-    low = torch.rand(1, 3, side // 16, side // 16, generator=gen)
-    image = torch.nn.functional.interpolate(low, size=(side, side), mode="bilinear")
     try:
-        model(image)
+        model(_calibration_batch(side, gen))
     finally:
         for h in handles:
             h.remove()
