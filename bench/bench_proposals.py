@@ -11,7 +11,9 @@ Without ``--checkpoint`` the weights are random with the real shapes, built in m
 stopping at ``num_proposals``), ``nms_all`` (ours, resolving all 30000 like the official),
 ``nms_loop`` (a straightforward port of the official per-label greedy loop in torch, the
 ~0.8 s per image the issue quotes), ``nms_torchvision`` (the official call, when
-torchvision is importable) and ``total`` (``propose()`` end to end). Median and p90 in ms.
+torchvision is importable), ``total`` (``propose()`` end to end) and, with ``--onnx``,
+``onnxruntime_dense`` (the exported model + decode on onnxruntime's CPU provider).
+Median and p90 in ms.
 """
 from __future__ import annotations
 
@@ -96,6 +98,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2, help="passes over the 3 photos")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-loop", action="store_true", help="skip the slow official-style NMS")
+    ap.add_argument("--onnx", action="store_true",
+                    help="also time the exported dense graph on onnxruntime (CPU)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     if args.threads:
@@ -142,6 +146,21 @@ def main() -> int:
                 if torchvision_nms(cb[:1], cs[:1], labels[:1]) is not None:
                     timed("nms_torchvision", torchvision_nms, cb, cs, labels, 0.7, None)
                 timed("total", prop.propose, img)
+    if args.onnx:
+        import tempfile
+
+        from objembed_ros.accel.wedetect_onnx import OnnxWeDetectDense, export_wedetect_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            path = export_wedetect_onnx(prop, Path(tmp) / "wedetect.onnx")
+            times["onnx_export"] = [time.perf_counter() - t]
+            runner = OnnxWeDetectDense(path)
+            xs = [prop.preprocess(img)[0] for img in photos]
+            runner(xs[0])  # warm-up
+            for _ in range(args.repeats):
+                for x in xs:
+                    timed("onnxruntime_dense", runner, x)
     result = {
         "device": str(prop.device),
         "device_name": (torch.cuda.get_device_name(prop.device) if cuda

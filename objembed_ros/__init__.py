@@ -19,6 +19,7 @@ _EXPORTS = {
     "CheckpointError": "objembed_ros.encoder.checkpoint",
     "InputError": "objembed_ros.core.errors",
     "WeDetectProposer": "objembed_ros.proposals.wedetect",
+    "WeDetectCheckpointError": "objembed_ros.proposals.wedetect_keys",
     "Proposals": "objembed_ros.proposals.base",
     "Proposer": "objembed_ros.proposals.base",
     "SuppliedBoxesProposer": "objembed_ros.proposals.base",

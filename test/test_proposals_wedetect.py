@@ -350,3 +350,19 @@ def test_real_shaped_base_checkpoint(tmp_path: Path) -> None:
     assert len(sd) == 906 and sum(t.numel() for t in sd.values()) == 107_356_725
     out = prop.propose(PHOTOS["coffee"][:200, :300])
     assert len(out) == 100 and np.isfinite(out.boxes).all()
+
+
+def test_large_widths_run_end_to_end() -> None:
+    """Large widths (192..1536, neck x1.5) with 1 block per stage, in memory."""
+    from objembed_ros.proposals.wedetect_keys import convert_state_dict
+
+    state = make_wedetect_state_dict("large", (1, 1, 1, 1), seed=4)
+    weights = convert_state_dict({simple_to_original(k): v for k, v in state.items()})
+    assert weights.config.size == "large" and weights.config.input_size == 1280
+    with torch.device("meta"):
+        model = WeDetectModel(weights.config)
+    model.load_state_dict(weights.state_dict, strict=True, assign=True)
+    prop = WeDetectProposer(model, input_size=256)
+    assert prop.source == "wedetect-large"
+    out = prop.propose(PHOTOS["coffee"])
+    assert len(out) == 100 and np.isfinite(out.boxes).all() and (np.diff(out.scores) <= 0).all()
