@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from objembed_ros.ros.launcher import default_params_file, ros_environment, start_node  # noqa: E402
+from objembed_ros.ros.launcher import default_params_file, ros_environment, start_node
 
 
 def run(checkpoint: str, sizes: list[tuple[int, int]], frames: int) -> dict:
@@ -34,7 +34,7 @@ def run(checkpoint: str, sizes: list[tuple[int, int]], frames: int) -> dict:
     os.environ.update({k: v for k, v in ros_environment().items()
                        if k.startswith(("FASTDDS_", "RMW_"))})
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.qos import QoSProfile
     from skimage import data
     from skimage.transform import resize
     from std_msgs.msg import Header
@@ -66,8 +66,10 @@ def run(checkpoint: str, sizes: list[tuple[int, int]], frames: int) -> dict:
                           on_groundings, 100)
     n.create_subscription(DiagnosticArray, "/bench/grounding_node/timings", on_timings, 100)
     pub_img = n.create_publisher(type(rgb_to_image(np.zeros((1, 1, 3), np.uint8))),
-                                 "/bench/image", qos_profile_sensor_data)
+                                 "/bench/image", QoSProfile(depth=1))
     pub_box = n.create_publisher(GroundedObjectArray, "/bench/external_proposals", 10)
+    client.wait_for(lambda: pub_img.get_subscription_count() > 0
+                    and pub_box.get_subscription_count() > 0, 60, "the node's subscriptions")
     photo = data.astronaut()
     rng = np.random.default_rng(0)
     report: dict = {"frames_per_size": frames, "proposer": "external", "boxes": 100,
