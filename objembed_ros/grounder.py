@@ -23,7 +23,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from objembed_ros.core.boxes import validate_boxes
-from objembed_ros.core.cache import LRUCache
 from objembed_ros.core.depth import Intrinsics, Position3D, estimate_position
 from objembed_ros.core.errors import InputError
 from objembed_ros.core.frames import FrameRing
@@ -128,7 +127,6 @@ class Grounder:
         self.proposer = proposer
         self.config = config
         self.frames: FrameRing[CachedFrame] = FrameRing(max(config.frame_cache_size, 1))
-        self._texts: LRUCache[tuple[str, str], np.ndarray] = LRUCache(config.text_cache_size)
         self._model_lock = threading.Lock()
         # the four learned score scalars (ObjEmbedEncoder.score_params)
         params = getattr(encoder, "score_params", None) or getattr(encoder, "logit_params", None)
@@ -184,7 +182,8 @@ class Grounder:
         """Drop the model and caches (lifecycle cleanup); frees CUDA memory when used."""
         with self._model_lock:
             self.frames.clear()
-            self._texts.clear()
+            if self.encoder is not None:
+                self.encoder.text_cache.clear()
             self.encoder = None
             self.proposer = None
         try:
@@ -294,20 +293,20 @@ class Grounder:
 
     def text_embeddings(self, texts: Sequence[str], target: str = TARGET_OBJECT,
                         deadline: float | None = None) -> np.ndarray:
-        """(Q, D) float32 embeddings; cached texts are served without touching the model."""
-        out: list[np.ndarray | None] = [self._texts.get((target, t)) for t in texts]
-        missing = sorted({t for t, e in zip(texts, out, strict=True) if e is None})
-        if missing:
+        """(Q, D) float32 embeddings.
+
+        Texts already in the encoder's (thread-safe) text cache are served without the model
+        lock, so a query repeated during a frame pass never waits behind inference.
+        """
+        cache = self.encoder.text_cache
+        hits = [cache.get((target, t)) for t in texts]
+        if any(h is None for h in hits):
             with self._locked(deadline):
-                computed = _numpy(self.encoder.encode_text(missing, target=target))
-            for text, emb in zip(missing, computed, strict=True):
-                self._texts.put((target, text), emb)
-            lookup = dict(zip(missing, computed, strict=True))
-            out = [e if e is not None else lookup[t] for t, e in zip(texts, out, strict=True)]
-        return np.stack(out) if out else np.zeros((0, 0), np.float32)
+                return _numpy(self.encoder.encode_text(list(texts), target=target))
+        return np.stack([_numpy(h) for h in hits]) if hits else np.zeros((0, 0), np.float32)
 
     def text_cache_stats(self) -> dict[str, int]:
-        return self._texts.stats()
+        return self.encoder.text_cache.stats() if self.encoder is not None else {}
 
     # -- grounding ------------------------------------------------------------------------
     def ground(self, texts: Sequence[str], frame: CachedFrame, top_k: int = 0,

@@ -10,6 +10,7 @@ The torch twins live in ``objembed_ros.encoder.model``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,12 +27,15 @@ class LogitParams:
 
 @dataclass
 class GroundingScores:
-    """(Q, N) arrays: score = similarity * iou; cosine is the raw cosine similarity."""
+    """(Q, N) scores of Q queries against N boxes: score = similarity * iou, similarity =
+    sigmoid(cos * exp(logit_log_scale) + logit_bias), iou = sigmoid(iou logit) broadcast over
+    queries, cosine the raw cosine similarity. numpy arrays from this module; torch tensors
+    when the encoder scores torch inputs."""
 
-    score: np.ndarray
-    similarity: np.ndarray
-    iou: np.ndarray
-    cosine: np.ndarray
+    score: Any
+    similarity: Any
+    iou: Any
+    cosine: Any
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from objembed_ros.core.boxes import validate_boxes
 from objembed_ros.core.cache import LRUCache
 from objembed_ros.core.errors import InputError
 from objembed_ros.core.resize import PreprocessedImage, preprocess_image
+from objembed_ros.core.scoring import GroundingScores
 from objembed_ros.encoder import prompts
 from objembed_ros.encoder.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 
@@ -79,17 +80,6 @@ class ScoreParams:
             "logit_log_scale", "logit_bias", "logit_image_log_scale", "logit_image_bias")))
 
 
-@dataclass
-class GroundingScores:
-    """(Q, N) tensors: score = similarity * iou; similarity = sigmoid(cos*exp(s)+b);
-    iou = sigmoid(iou logit) broadcast over queries; cosine = raw cosine similarity."""
-
-    score: Any
-    similarity: Any
-    iou: Any
-    cosine: Any
-
-
 def _params_of(params: Any) -> ScoreParams:
     if isinstance(params, ScoreParams):
         return params
@@ -121,7 +111,7 @@ def score_objects(text_embeddings: Any, frame: EncodedFrame | tuple[Any, Any], p
         parts = np_scoring.grounding_scores(np.asarray(text_embeddings), np.asarray(objects),
                                             np.asarray(ious), p.logit_log_scale, p.logit_bias)
         if return_parts:
-            return GroundingScores(parts.score, parts.similarity, parts.iou, parts.cosine)
+            return parts
         return parts.score
     dev = next(x.device for x in (text_embeddings, objects, ious) if isinstance(x, torch.Tensor))
     t = torch.as_tensor(text_embeddings, device=dev).float()
