@@ -64,6 +64,12 @@ class GrounderConfig:
     text_cache_size: int = 256
     frame_cache_size: int = 8  # per camera
     max_query_tokens: int = 256
+    # Object projector runtime (objembed_ros.accel): falls back tensorrt -> onnxruntime ->
+    # torch with a reason in `Grounder.backend`.
+    projector_backend: str = "torch"  # one of objembed_ros.accel.backends.BACKENDS
+    engine_cache_dir: str = ""  # ONNX exports and TensorRT engines; "" = ~/.cache/objembed_ros
+    allow_engine_build: bool = True  # export/build missing or stale graphs on first use
+    text_cuda_graphs: bool = False  # CUDA only: replay captured graphs for the text pass
 
 
 @dataclass
@@ -128,11 +134,8 @@ class Grounder:
         self.config = config
         self.frames: FrameRing[CachedFrame] = FrameRing(max(config.frame_cache_size, 1))
         self._model_lock = threading.Lock()
-        # the four learned score scalars (ObjEmbedEncoder.score_params)
-        params = getattr(encoder, "score_params", None) or getattr(encoder, "logit_params", None)
-        if params is None:
-            raise TypeError("encoder exposes no score_params (the four learned score scalars)")
-        self.logit_params = params
+        self.logit_params = encoder.score_params  # the four learned score scalars
+        self.backend = "projector backend: torch"  # what runs the projector, and why
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -176,7 +179,16 @@ class Grounder:
         encoder = ObjEmbedEncoder.from_pretrained(
             config.checkpoint, device=config.device, dtype=dtype, attn=config.attn,
             max_boxes=config.max_boxes, text_cache_size=config.text_cache_size)
-        return cls(encoder, proposer, config)
+        grounder = cls(encoder, proposer, config)
+        if config.projector_backend != "torch":
+            cache_dir = config.engine_cache_dir or str(
+                Path.home() / ".cache" / "objembed_ros" / "engines")
+            grounder.backend = encoder.set_projector_backend(
+                config.projector_backend, cache_dir=cache_dir,
+                allow_build=config.allow_engine_build).describe()
+        if config.text_cuda_graphs:
+            encoder.enable_text_cuda_graphs(True)
+        return grounder
 
     def close(self) -> None:
         """Drop the model and caches (lifecycle cleanup); frees CUDA memory when used."""

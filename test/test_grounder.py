@@ -152,3 +152,21 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
         Grounder.load(GrounderConfig(checkpoint=str(tmp_path), proposer="wedetect"))
     with pytest.raises(ValueError, match="proposer"):
         Grounder.load(GrounderConfig(checkpoint=str(tmp_path), proposer="yolo"))
+
+
+def test_projector_backend_falls_back_and_agrees(grounder: Grounder, small_photo: np.ndarray,
+                                                 tiny_objembed_dir: Path, tmp_path: Path) -> None:
+    """tensorrt asked for on a CPU machine: onnxruntime runs, the reason is reported, and the
+    groundings equal the torch projector's."""
+    accel = Grounder.load(GrounderConfig(
+        checkpoint=str(tiny_objembed_dir), proposer="external", projector_backend="tensorrt",
+        engine_cache_dir=str(tmp_path)))
+    assert "using 'onnxruntime'" in accel.backend and "CUDA device" in accel.backend
+    assert grounder.backend == "projector backend: torch"
+    ref = grounder.ground(["a person"], grounder.encode_frame(small_photo, 10, "cam", BOXES))[0]
+    got = accel.ground(["a person"], accel.encode_frame(small_photo, 10, "cam", BOXES))[0]
+    assert [o.proposal_index for o in got.objects] == [o.proposal_index for o in ref.objects]
+    for a, b in zip(got.objects, ref.objects, strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+        assert a.cosine == pytest.approx(b.cosine, abs=1e-4)
+    assert list((tmp_path / "onnx").glob("*.onnx")), "no ONNX export cached in engine_cache_dir"

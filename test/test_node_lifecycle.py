@@ -35,3 +35,14 @@ def test_missing_checkpoint_leaves_node_unconfigured(launch_node, ros_client, tm
     assert setq.success  # standing queries are kept for when the model is ready
     assert proc.alive()
     assert "configure failed" in proc.log() and "no_such_model" in proc.log()
+
+
+def test_parameter_choices_are_validated() -> None:
+    from objembed_ros.ros.node import PARAMETERS, validate_settings
+
+    values = {p.name: p.default for p in PARAMETERS}
+    assert validate_settings(values) is None
+    for name, bad in (("projector_backend", "tvm"), ("dtype", "int4"), ("device", "gpu0"),
+                      ("proposer", "yolo"), ("image_topics", [])):
+        reason = validate_settings({**values, name: bad})
+        assert reason is not None and name in reason, (name, reason)

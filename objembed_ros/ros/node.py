@@ -48,6 +48,7 @@ from visualization_msgs.msg import MarkerArray
 
 from objembed_msgs.msg import GroundedObjectArray
 from objembed_msgs.srv import FindImage, Ground, SetQueries
+from objembed_ros.accel.backends import BACKENDS
 from objembed_ros.core.depth import (
     STATUS_NO_CAMERA_INFO,
     STATUS_NO_DEPTH,
@@ -109,6 +110,18 @@ PARAMETERS: tuple[_Param, ...] = (
            "Model weights dtype: float32, bfloat16 or float16. Applied on configure."),
     _Param("attn", "auto", ParameterType.PARAMETER_STRING,
            "Attention kernel: auto, sdpa, eager or flash_attention_2. Applied on configure."),
+    _Param("projector_backend", "torch", ParameterType.PARAMETER_STRING,
+           "Object projector runtime: torch, onnxruntime or tensorrt. An unavailable one falls "
+           "back (tensorrt -> onnxruntime -> torch) with the reason in the log and "
+           "diagnostics. Applied on configure."),
+    _Param("engine_cache_dir", "", ParameterType.PARAMETER_STRING,
+           "Folder of ONNX exports and TensorRT engines (keyed by model, grid, GPU, TensorRT "
+           "version and precision); empty: ~/.cache/objembed_ros/engines. On configure."),
+    _Param("allow_engine_build", True, ParameterType.PARAMETER_BOOL,
+           "Export/build a missing or stale ONNX graph or engine on first use of a camera "
+           "resolution; false: such a frame fails with the build command to run. On configure."),
+    _Param("text_cuda_graphs", False, ParameterType.PARAMETER_BOOL,
+           "CUDA only: replay captured CUDA graphs for the text pass. On configure."),
     _Param("max_boxes", 300, ParameterType.PARAMETER_INTEGER,
            "Most boxes one image pass may score (proposals, external or supplied boxes).",
            int_range=(1, 2000)),
@@ -214,6 +227,8 @@ def validate_settings(values: dict[str, Any]) -> str | None:
         (values["proposer"] in PROPOSERS, f"proposer must be one of {PROPOSERS}"),
         (values["dtype"] in DTYPES, f"dtype must be one of {DTYPES}"),
         (values["attn"] in ATTN, f"attn must be one of {ATTN}"),
+        (values["projector_backend"] in BACKENDS,
+         f"projector_backend must be one of {BACKENDS}"),
         (bool(DEVICE_RE.match(values["device"])), "device must be cpu, cuda or cuda:N"),
         (values["qos_reliability"] in RELIABILITY,
          f"qos_reliability must be one of {RELIABILITY}"),
@@ -339,7 +354,11 @@ class GroundingNode(LifecycleNode):
             dtype=values["dtype"], attn=values["attn"], max_boxes=values["max_boxes"],
             text_cache_size=values["text_cache_size"],
             frame_cache_size=values["frame_cache_size"],
-            max_query_tokens=values["max_query_tokens"])
+            max_query_tokens=values["max_query_tokens"],
+            projector_backend=values["projector_backend"],
+            engine_cache_dir=values["engine_cache_dir"],
+            allow_engine_build=values["allow_engine_build"],
+            text_cuda_graphs=values["text_cuda_graphs"])
         t0 = time.monotonic()
         try:
             grounder = Grounder.load(config)
@@ -347,7 +366,7 @@ class GroundingNode(LifecycleNode):
             return self._configure_failed(f"cannot load the model: {type(exc).__name__}: {exc}")
         self.get_logger().info(
             f"model loaded in {time.monotonic() - t0:.1f} s: {config.checkpoint} "
-            f"(proposer {config.proposer}, {config.device}, {config.dtype})")
+            f"(proposer {config.proposer}, {config.device}, {config.dtype}); {grounder.backend}")
         try:
             self._create_io(values)
         except Exception as exc:
@@ -832,6 +851,7 @@ class GroundingNode(LifecycleNode):
             "model_error": self.model_error,
             "checkpoint": str(self.get_parameter("checkpoint").value),
             "proposer": str(self.get_parameter("proposer").value),
+            "projector_backend": grounder.backend if grounder is not None else "",
             "frames_dropped": str(self._mailbox.dropped),
             "rejected_inputs": str(sum(rejected.values())),
             "services_answered": str(self.services_answered),
