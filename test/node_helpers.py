@@ -85,7 +85,8 @@ class NodeHandle:
         while not any(t.header.stamp == h.stamp for t in self.timings[seen:]):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"frame {stamp_ns} not encoded in {timeout} s")
-            if time.monotonic() - last > 3.0:
+            if time.monotonic() - last > 3.0:  # either may have gone out before discovery
+                self.pub_boxes.publish(props)
                 self.pub_image.publish(image)
                 last = time.monotonic()
             time.sleep(0.01)

@@ -254,7 +254,8 @@ def test_services_never_wait_behind_inference_under_30hz(node, frames: list[np.n
     """50 Ground calls while a 30 Hz stream keeps the worker busy: every call is answered
     and takes a small fraction of one encode (measured by the node in ~/timings)."""
     handle, proc = node
-    handle.call_ground(queries=["a helmet"])  # text pass once, then served from the cache
+    handle.publish_frame(frames[0], 4_500_000_000, BOXES, SCORES)  # a warm, encoded node
+    assert handle.call_ground(queries=["a helmet"]).success  # text pass once, then cached
     rss_before = rss_kb(proc.popen.pid)
     seen_timings = len(handle.timings)
     latencies: list[float] = []
@@ -285,9 +286,12 @@ def test_services_never_wait_behind_inference_under_30hz(node, frames: list[np.n
     assert all(r.success for r in results), [r.message for r in results if not r.success]
     assert len(encodes) >= 2 and i > len(encodes)  # the stream outran the worker: frames dropped
     lat = sorted(latencies)
-    # a call costs a matrix product + transport, not an image pass
+    # A call costs a matrix product + transport, not an image pass: a call that waited behind
+    # inference would take half an encode on average, which the median bound excludes. The
+    # tail is OS scheduling on a 2-core machine (the worker's torch threads, the executor and
+    # this process share both cores), so it gets headroom instead of a wall-clock bound.
     assert lat[len(lat) // 2] < 0.25 * encode_s, (lat, encode_s)
-    assert lat[int(0.9 * len(lat))] < encode_s, (lat, encode_s)
+    assert lat[int(0.9 * len(lat))] < 2 * encode_s, (lat, encode_s)
     values = handle.diag_values()
     assert int(values["frames_dropped"]) > 0
     rss_after = rss_kb(proc.popen.pid)
