@@ -74,35 +74,38 @@ def _supplied_boxes(spec: Path, images: Sequence[str]) -> dict[str, np.ndarray]:
     return {p: arr for p in images}
 
 
-class _Proposals:
-    """Chooses and runs the box source for each image; ``kind`` names it in the output."""
+class _BoxSource:
+    """Which boxes each image gets: supplied (--boxes), WeDetect, whole image, or the grid
+    fallback. ``proposer`` is what the Grounder runs itself (None: boxes are passed in)."""
 
     def __init__(self, args: argparse.Namespace, names: Sequence[str]) -> None:
         self.kind = args.proposer or ("wedetect" if args.wedetect_checkpoint else "grid")
         self.supplied = _supplied_boxes(args.boxes, names) if args.boxes else None
         if self.supplied is not None:
             self.kind = "supplied"
-        self.detector: Any = None
+        self.proposer: Any = None
         if self.kind == "wedetect":
             if args.wedetect_checkpoint is None:
                 raise SystemExit("--proposer wedetect needs --wedetect-checkpoint")
             from objembed_ros.proposals.wedetect import WeDetectProposer  # lazy: torch model
 
-            self.detector = WeDetectProposer.from_checkpoint(args.wedetect_checkpoint,
+            self.proposer = WeDetectProposer.from_checkpoint(args.wedetect_checkpoint,
                                                              device=args.device)
 
-    def __call__(self, name: str, rgb: np.ndarray) -> np.ndarray:
+    @property
+    def grounder_proposer(self) -> str:
+        """The GrounderConfig.proposer value for this source."""
+        return {"wedetect": "wedetect", "whole-image": "whole_image"}.get(self.kind, "external")
+
+    def boxes_for(self, name: str, rgb: np.ndarray) -> np.ndarray | None:
+        """Boxes to pass to the Grounder, or None when its own proposer runs."""
         from objembed_ros.core.boxes import grid_boxes
 
-        h, w = rgb.shape[:2]
         if self.supplied is not None:
             return self.supplied[name]
-        if self.kind == "wedetect":
-            rgb3 = rgb if rgb.ndim == 3 and rgb.shape[2] == 3 else _as_rgb(rgb)
-            return np.asarray(self.detector.propose(rgb3).boxes, dtype=np.float64)
-        if self.kind == "whole-image":
-            return np.array([[0.0, 0.0, float(w), float(h)]])
-        return grid_boxes(w, h)
+        if self.kind == "grid":
+            return grid_boxes(rgb.shape[1], rgb.shape[0])
+        return None
 
     @property
     def label(self) -> str:
@@ -111,37 +114,27 @@ class _Proposals:
         return self.kind
 
 
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    from objembed_ros.core.resize import to_rgb
-
-    return to_rgb(image)
-
-
-def ground(encoder: Any, images: Sequence[tuple[str, np.ndarray]], queries: Sequence[str],
-           proposals: Any, top_k: int, untrained: bool = False) -> dict[str, Any]:
-    """Encode each image once, score every query, keep the top-k boxes per query."""
-    text = encoder.encode_text(list(queries), target="object")
-    out: dict[str, Any] = {"untrained": untrained, "proposals": proposals.label,
+def ground(grounder: Any, images: Sequence[tuple[str, np.ndarray]], queries: Sequence[str],
+           boxes: _BoxSource, top_k: int, untrained: bool = False) -> dict[str, Any]:
+    """Encode each image once through the Grounder (the node's path), keep the top-k boxes
+    per query."""
+    out: dict[str, Any] = {"untrained": untrained, "proposals": boxes.label,
                            "queries": list(queries), "images": []}
     if untrained:
         out["warning"] = UNTRAINED_BANNER
-    for name, rgb in images:
-        boxes = proposals(name, rgb)
-        frame = encoder.encode_image(rgb, boxes)
-        parts = encoder.score_objects(text, frame, return_parts=True)
+    for index, (name, rgb) in enumerate(images):
+        frame = grounder.encode_frame(rgb, index, name, boxes=boxes.boxes_for(name, rgb),
+                                      cache=False)
         entry: dict[str, Any] = {"image": name, "size": list(frame.image_size),
-                                 "num_boxes": frame.num_boxes,
+                                 "num_boxes": int(len(frame.boxes)),
                                  "timings": {k: round(v, 4) for k, v in frame.timings.items()},
                                  "results": []}
-        score = parts.score.cpu().numpy()
-        for qi, query in enumerate(queries):
-            order = np.argsort(-score[qi], kind="stable")[:top_k] if frame.num_boxes else []
-            entry["results"].append({"query": query, "top": [{
-                "index": int(i), "box": [round(float(v), 2) for v in frame.boxes[i]],
-                "score": float(score[qi, i]),
-                "similarity": float(parts.similarity[qi, i]),
-                "iou": float(parts.iou[qi, i]), "cosine": float(parts.cosine[qi, i]),
-            } for i in order]})
+        for res in grounder.ground(list(queries), frame, top_k=top_k):
+            entry["results"].append({"query": res.query, "top": [{
+                "index": obj.proposal_index, "box": [round(float(v), 2) for v in obj.box],
+                "score": obj.score, "similarity": obj.similarity, "iou": obj.iou,
+                "cosine": obj.cosine,
+            } for obj in res.objects]})
         out["images"].append(entry)
     return out
 
@@ -150,7 +143,7 @@ def draw_overlay(rgb: np.ndarray, entry: dict[str, Any], path: Path, untrained: 
     """The best box of every query on the image, labelled with query and score."""
     from PIL import Image, ImageDraw
 
-    image = Image.fromarray(_as_rgb(rgb)).convert("RGB")
+    image = Image.fromarray(rgb).convert("RGB")
     draw = ImageDraw.Draw(image)
     colours = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
     for qi, res in enumerate(entry["results"]):
@@ -192,8 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from objembed_ros.core.errors import InputError
+    from objembed_ros.core.resize import to_rgb
     from objembed_ros.encoder.checkpoint import CheckpointError
     from objembed_ros.encoder.model import ObjEmbedEncoder
+    from objembed_ros.grounder import Grounder, GrounderConfig
 
     tmp: tempfile.TemporaryDirectory | None = None
     untrained = False
@@ -222,8 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         encoder = ObjEmbedEncoder.from_pretrained(args.checkpoint, device=device,
                                                   dtype=getattr(torch, dtype_name),
                                                   max_boxes=args.max_boxes)
-        proposals = _Proposals(args, [n for n, _ in images])
-        result = ground(encoder, images, args.query, proposals, args.top_k, untrained)
+        source = _BoxSource(args, [n for n, _ in images])
+        grounder = Grounder(encoder, source.proposer, GrounderConfig(
+            checkpoint=str(args.checkpoint), proposer=source.grounder_proposer,
+            max_boxes=args.max_boxes, max_query_tokens=1 << 20))
+        images = [(name, to_rgb(rgb)) for name, rgb in images]
+        result = ground(grounder, images, args.query, source, args.top_k, untrained)
     except (CheckpointError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -46,6 +46,15 @@ def test_files_with_supplied_boxes(tmp_path: Path, tiny_objembed_dir: Path,
         hit = res["top"][0]
         assert abs(hit["score"] - hit["similarity"] * hit["iou"]) < 1e-6
     assert len(result["images"][1]["results"][0]["top"]) == 1
+    # the same numbers as the public encoder API on the same pixels (a.png is lossless)
+    from objembed_ros import ObjEmbedEncoder
+
+    enc = ObjEmbedEncoder.from_pretrained(tiny_objembed_dir)
+    ref = enc.score_objects(enc.encode_text(["a coffee cup", "a saucer"]),
+                            enc.encode_image(photo_wide, np.array(boxes[str(a)], np.float32)))
+    for qi, res in enumerate(first["results"]):
+        for hit in res["top"]:
+            assert abs(hit["score"] - float(ref[qi, hit["index"]])) < 1e-5
     assert (tmp_path / "ov_0.png").is_file() and (tmp_path / "ov_1.png").is_file()
 
 
