@@ -169,8 +169,10 @@ def _table(result: dict[str, Any]) -> str:
         lines += ["!" * 60, f"!! {UNTRAINED_BANNER}", "!" * 60]
     lines.append(f"proposals: {result['proposals']}")
     for entry in result["images"]:
+        t = entry["timings"]
         lines.append(f"\n{entry['image']}  {entry['size'][0]}x{entry['size'][1]}  "
-                     f"{entry['num_boxes']} boxes  {entry['timings'].get('total', 0):.3f} s")
+                     f"{entry['num_boxes']} boxes  proposals {t.get('proposals', 0):.3f} s + "
+                     f"encode {t.get('encode', 0):.3f} s")
         lines.append(f"  {'query':32s} {'rank':>4s} {'score':>7s} {'sim':>7s} {'iou':>7s}  box")
         for res in entry["results"]:
             for rank, hit in enumerate(res["top"], start=1):
