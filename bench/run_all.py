@@ -141,22 +141,23 @@ def node_overhead(timeout: float) -> dict[str, Any] | str:
         return "n/a (bench/bench_node.py not present)"
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         try:
-            subprocess.run([sys.executable, str(script), "--json", f.name], check=True,
+            subprocess.run([sys.executable, str(script), "--frames", "10", "--json", f.name],
+                           check=True,
                            timeout=timeout, capture_output=True)
             return json.loads(Path(f.name).read_text())
         except (subprocess.SubprocessError, json.JSONDecodeError, OSError) as exc:
             return f"n/a ({type(exc).__name__}: {str(exc)[:120]})"
 
 
-def _node_ms(node: Any) -> dict[str, float] | None:
-    """Pick an overhead figure from bench_node's JSON (format owned by the node helper)."""
+def _node_ms(node: Any, size: str = "640x480") -> dict[str, float] | None:
+    """bench_node's end-to-end overhead (image published -> groundings received, minus the
+    model time the node reports) at one image size, as this table's median/p90 cells."""
     if not isinstance(node, dict):
         return None
-    for key in ("overhead", "node_overhead", "node"):
-        val = node.get(key)
-        if isinstance(val, dict) and "median_ms" in val:
-            return val
-    return None
+    stats = node.get("sizes", {}).get(size, {}).get("overhead_ms")
+    if not isinstance(stats, dict):
+        return None
+    return {"median_ms": stats["median"], "p90_ms": stats["p90"]}
 
 
 def print_table(title: str, columns: dict[str, dict[str, Any]]) -> None:
