@@ -68,6 +68,19 @@ def make_proposer(device: torch.device, tmp: Path, full_depth: bool) -> Any:
     return WeDetectProposer.from_checkpoint(path, device=device, dtype=dtype, num_proposals=100)
 
 
+def _time_proposals(proposer: Any, rgb: np.ndarray, dev: torch.device,
+                    record: list[float] | None) -> None:
+    """One proposer run, timed into `record` (None: a warm-up run)."""
+    if proposer is None:
+        return
+    _sync(dev)
+    t = time.perf_counter()
+    proposer.propose(rgb)
+    _sync(dev)
+    if record is not None:
+        record.append(time.perf_counter() - t)
+
+
 def time_ours(enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndarray, proposer: Any,
               warmup: int, runs: int) -> dict[str, list[float]]:
     dev = enc.device
@@ -75,13 +88,7 @@ def time_ours(enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndarray, proposer
     out: dict[str, list[float]] = {k: [] for k in STAGES}
     for i in range(warmup + runs):
         rec = i >= warmup
-        if proposer is not None:
-            _sync(dev)
-            t = time.perf_counter()
-            proposer.propose(rgb)
-            _sync(dev)
-            if rec:
-                out["proposals"].append(time.perf_counter() - t)
+        _time_proposals(proposer, rgb, dev, out["proposals"] if rec else None)
         _sync(dev)
         t = time.perf_counter()
         frame = enc.encode_image(rgb, boxes)
@@ -110,13 +117,7 @@ def time_official(path: OfficialStylePath, rgb: np.ndarray, boxes: np.ndarray, p
     out: dict[str, list[float]] = {k: [] for k in STAGES}
     for i in range(warmup + runs):
         rec = i >= warmup
-        if proposer is not None:
-            _sync(dev)
-            t = time.perf_counter()
-            proposer.propose(rgb)
-            _sync(dev)
-            if rec:
-                out["proposals"].append(time.perf_counter() - t)
+        _time_proposals(proposer, rgb, dev, out["proposals"] if rec else None)
         t = time.perf_counter()
         res, stages = path.encode_image(rgb, boxes)
         _sync(dev)
