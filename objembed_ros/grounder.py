@@ -391,22 +391,22 @@ class Grounder:
         return image_scores(image_text, globals_, p.logit_image_log_scale, p.logit_image_bias)
 
     def encode_query_image(self, rgb: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """(D,) coarse global embedding of an image used as a query (no boxes)."""
+        """(D,) coarse global embedding of an image used as a query (the official image-query
+        prompt, no boxes)."""
         _check_rgb(rgb)
         with self._locked(deadline):
-            query = getattr(self.encoder, "encode_image_query", None)
-            if query is not None:  # the official image-query prompt
-                return _numpy(query(rgb)).reshape(-1)
-            encoded = self.encoder.encode_image(rgb, np.zeros((0, 4), np.float32))
-        return _numpy(encoded.global_embeddings)[0]
+            return _numpy(self.encoder.encode_image_query(rgb)).reshape(-1)
 
     def find_frames(self, *, text: str | None = None, image: np.ndarray | None = None,
                     frame: CachedFrame | None = None, camera: str | None = None,
                     top_k: int = 0, deadline: float | None = None) -> list[FrameMatchResult]:
         """Rank the cached frames (of `camera`, or all) against one query, best first.
 
-        text: sigmoid(cos(t_global, g_coarse) * exp(scale) + bias) (spec section 6).
-        image / frame: cosine of coarse global embeddings; score = (cos + 1) / 2.
+        score = sigmoid(cos(q, g_coarse) * exp(logit_image_log_scale) + logit_image_bias),
+        the official image retrieval (spec section 6; infer_objembed.py retrieval_by_image
+        uses the same scale and bias for an image query). q is the text's <global_text>
+        embedding, the query image's coarse <global> (official image-query prompt), or a
+        cached frame's coarse <global> (from its grounding pass, no extra model pass).
         """
         if sum(q is not None for q in (text, image, frame)) != 1:
             raise InputError("give exactly one query: text, image or a cached frame")
@@ -423,7 +423,7 @@ class Grounder:
             return []
         globals_ = np.stack([f.global_embeddings[0] for f in entries])
         cos = cosine_matrix(q, globals_)[0]
-        score = self.image_match(q, globals_)[0] if text is not None else (cos + 1) / 2
+        score = self.image_match(q, globals_)[0]
         order = np.argsort(-score, kind="stable")
         if top_k > 0:
             order = order[:top_k]

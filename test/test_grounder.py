@@ -116,7 +116,13 @@ def test_find_frames(grounder: Grounder, small_photo: np.ndarray, photo_wide: np
     by_frame = grounder.find_frames(frame=b, camera="find")
     assert [m.stamp_ns for m in by_frame] == [11, 10]
     assert by_frame[0].cosine == pytest.approx(1.0, abs=1e-5)
-    assert by_frame[0].score == pytest.approx(1.0, abs=1e-5)
+    p = grounder.logit_params  # the official image-retrieval probability of cosine 1
+    expected = 1 / (1 + math.exp(-(math.exp(p.logit_image_log_scale) + p.logit_image_bias)))
+    assert by_frame[0].score == pytest.approx(expected, abs=1e-5)
+    for m in by_frame:
+        assert m.score == pytest.approx(float(grounder.image_match(
+            b.global_embeddings[:1], a.global_embeddings[:1] if m.stamp_ns == 10
+            else b.global_embeddings[:1])[0, 0]), abs=1e-6)
     by_image = grounder.find_frames(image=small_photo, camera="find", top_k=1)
     assert len(by_image) == 1 and -1 <= by_image[0].cosine <= 1
     by_text = grounder.find_frames(text="a kitchen", camera="find")
