@@ -26,6 +26,7 @@ from objembed_ros.core.boxes import validate_boxes
 from objembed_ros.core.depth import Intrinsics, Position3D, estimate_position
 from objembed_ros.core.errors import InputError
 from objembed_ros.core.frames import FrameRing
+from objembed_ros.core.image import check_image
 from objembed_ros.core.results import (
     QUERY_TEXT,
     FrameMatchResult,
@@ -118,10 +119,10 @@ def _embeddings(x: Any, n: int) -> np.ndarray:
 
 
 def _check_rgb(rgb: np.ndarray) -> None:
-    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 \
-            or rgb.dtype != np.uint8 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        shape = getattr(rgb, "shape", None)
-        raise InputError(f"image must be a non-empty HxWx3 uint8 array, got {shape}")
+    """RGB only: the proposer and the encoder treat grey and alpha differently, so the caller
+    converts first (the node's convert.image_to_rgb, the CLI's core.resize.to_rgb)."""
+    if check_image(rgb).shape[2] != 3:
+        raise InputError(f"image must be HxWx3 RGB, got shape {rgb.shape}")
 
 
 class Grounder:

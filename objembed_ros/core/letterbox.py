@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from objembed_ros.core.errors import InputError
+from objembed_ros.core.image import check_image
 
 PAD_VALUE = 114
 # 100 megapixels: an 8K frame is 33 MP. Anything bigger is almost surely a mistake (a
@@ -39,23 +40,8 @@ def to_rgb_uint8(image: object, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
     not uint8, other channel counts, more than ``max_pixels`` pixels) raises
     :class:`InputError` naming the problem: we never guess a value range for float images.
     """
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise InputError(f"image must be uint8 (0..255), got dtype {image.dtype}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3:
-        raise InputError(f"image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
-    height, width, channels = image.shape
-    if height == 0 or width == 0:
-        raise InputError(f"image is empty: shape {image.shape}")
-    if channels not in (1, 3, 4):
-        raise InputError(f"image must have 1, 3 or 4 channels, got {channels} "
-                         f"(shape {image.shape})")
-    if max_pixels is not None and height * width > max_pixels:
-        raise InputError(f"image of {width}x{height} = {width * height} pixels exceeds "
-                         f"max_pixels={max_pixels}")
+    image = check_image(image, max_pixels)
+    channels = image.shape[2]
     if channels == 1:
         image = np.repeat(image, 3, axis=2)
     elif channels == 4:

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from objembed_ros.core.errors import InputError
+from objembed_ros.core.image import check_image
 
 MAX_RATIO = 200
 IMAGE_MIN_TOKEN_NUM = 900
@@ -148,18 +149,9 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     official ``to_rgb``: PIL paste with the alpha channel as mask), and HxW or HxWx1 grey
     (replicated). Anything else, an empty image or a non-uint8 dtype raises InputError.
     """
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise InputError(f"image must be uint8, got dtype {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-        raise InputError(f"image must be HxWx3 RGB, HxWx4 RGBA or HxW grey, got {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise InputError(f"image is empty: shape {image.shape}")
-    if image.ndim == 2:
-        return np.repeat(image[:, :, None], 3, axis=2)
+    image = check_image(image)
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
     if image.shape[2] == 3:
         return image
     rgba = Image.fromarray(np.ascontiguousarray(image), mode="RGBA")
