@@ -145,10 +145,7 @@ class Grounder:
         the encoder's CheckpointError with a message that names the problem."""
         import torch
 
-        try:
-            from objembed_ros.encoder import ObjEmbedEncoder
-        except ImportError:  # the package top level may not re-export it
-            from objembed_ros.encoder.model import ObjEmbedEncoder
+        from objembed_ros.encoder.model import ObjEmbedEncoder
 
         if config.proposer not in PROPOSERS:
             raise ValueError(f"proposer must be one of {PROPOSERS}, got {config.proposer!r}")
@@ -167,10 +164,7 @@ class Grounder:
                     f"WeDetect checkpoint file not found: {config.wedetect_checkpoint!r} "
                     "(parameter 'wedetect_checkpoint'; or set proposer to 'external' or "
                     "'whole_image')")
-            try:
-                from objembed_ros.proposals import WeDetectProposer
-            except ImportError:  # the package top level may not re-export it
-                from objembed_ros.proposals.wedetect import WeDetectProposer
+            from objembed_ros.proposals.wedetect import WeDetectProposer
 
             # WeDetect runs in float32 on CPU; half precision only on CUDA.
             det_dtype = dtype if config.device.startswith("cuda") else torch.float32
@@ -251,7 +245,7 @@ class Grounder:
                 props = self.proposer.propose(rgb)
                 boxes_arr = np.asarray(props.boxes, np.float32).reshape(-1, 4)
                 scores = np.asarray(props.scores, np.float32).reshape(-1)
-                source = str(getattr(props, "source", "wedetect"))
+                source = props.source
             t1 = time.perf_counter()
             encoded = self.encoder.encode_image(rgb, boxes_arr)
             t2 = time.perf_counter()
@@ -293,16 +287,9 @@ class Grounder:
 
     def count_tokens(self, text: str) -> int:
         """Tokens of the user text (the tokenizer is thread-safe and needs no model lock)."""
-        encoder = self.encoder
-        if encoder is None:
+        if self.encoder is None:
             raise RuntimeError("model not loaded")
-        counter = getattr(encoder, "count_tokens", None)
-        if counter is not None:
-            return int(counter(text))
-        tokenizer = getattr(encoder, "tokenizer", None)
-        if tokenizer is None:
-            return len(text.split())
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.encoder.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def text_embeddings(self, texts: Sequence[str], target: str = TARGET_OBJECT,
                         deadline: float | None = None) -> np.ndarray:
