@@ -246,16 +246,15 @@ class Grounder:
                 boxes_arr = np.asarray(props.boxes, np.float32).reshape(-1, 4)
                 scores = np.asarray(props.scores, np.float32).reshape(-1)
                 source = props.source
+            if scores.shape[0] != boxes_arr.shape[0]:  # before the pass, not after it
+                raise InputError(f"{boxes_arr.shape[0]} boxes but {scores.shape[0]} box scores")
             t1 = time.perf_counter()
             encoded = self.encoder.encode_image(rgb, boxes_arr)
             t2 = time.perf_counter()
         timings["proposals"] = t1 - t0
         timings["encode"] = t2 - t1
-        enc_timings = getattr(encoded, "timings", None) or {}
-        for key, value in enc_timings.items():
+        for key, value in encoded.timings.items():
             timings[f"encoder.{key}"] = float(value)
-        if scores.shape[0] != boxes_arr.shape[0]:
-            raise InputError(f"{boxes_arr.shape[0]} boxes but {scores.shape[0]} box scores")
         frame = CachedFrame(
             camera=camera, stamp_ns=int(stamp_ns), rgb=rgb, image_size=(w, h),
             boxes=boxes_arr, proposal_scores=scores,

@@ -176,3 +176,16 @@ def test_projector_backend_falls_back_and_agrees(grounder: Grounder, small_photo
         assert a.score == pytest.approx(b.score, abs=1e-4)
         assert a.cosine == pytest.approx(b.cosine, abs=1e-4)
     assert list((tmp_path / "onnx").glob("*.onnx")), "no ONNX export cached in engine_cache_dir"
+
+
+def test_box_score_mismatch_is_rejected_before_the_image_pass(
+        grounder: Grounder, small_photo: np.ndarray, monkeypatch) -> None:
+    passes = []
+    real = grounder.encoder.encode_image
+    monkeypatch.setattr(grounder.encoder, "encode_image",
+                        lambda *a, **k: passes.append(1) or real(*a, **k))
+    cached = len(grounder.frames.items("mismatch"))
+    with pytest.raises(InputError, match="4 boxes but 3 box scores"):
+        grounder.encode_frame(small_photo, 99, "mismatch", boxes=BOXES,
+                              box_scores=np.array([0.9, 0.8, 0.7]))
+    assert passes == [] and len(grounder.frames.items("mismatch")) == cached
