@@ -46,3 +46,20 @@ def test_parameter_choices_are_validated() -> None:
                       ("proposer", "yolo"), ("image_topics", [])):
         reason = validate_settings({**values, name: bad})
         assert reason is not None and name in reason, (name, reason)
+
+
+def test_grounder_errors_map_to_service_failures() -> None:
+    from types import SimpleNamespace
+
+    from objembed_ros.core.errors import InputError
+    from objembed_ros.grounder import GrounderBusy
+    from objembed_ros.ros.node import GroundingNode
+
+    recorder = SimpleNamespace(_fail=lambda response, kind, message: (kind, message))
+    cases = {GrounderBusy("timeout: the model is busy"): ("timeout", "timeout: the model is busy"),
+             InputError("empty query"): ("bad_request", "empty query"),
+             RuntimeError("model not loaded"): ("model_not_ready",
+                                                "model not ready: model not loaded")}
+    for err, expected in cases.items():
+        assert isinstance(err, GroundingNode._GROUNDER_ERRORS)
+        assert GroundingNode._fail_from(recorder, None, err) == expected

@@ -722,6 +722,18 @@ class GroundingNode(LifecycleNode):
         response.message = message
         return response
 
+    # What a grounder error means to a service caller, in one place.
+    _GROUNDER_ERRORS = (GrounderBusy, InputError, RuntimeError)
+
+    def _fail_from(self, response: Any, err: Exception) -> Any:
+        """A failed response for one of _GROUNDER_ERRORS: busy model -> timeout, bad input ->
+        bad_request, model released meanwhile -> model not ready."""
+        if isinstance(err, GrounderBusy):
+            return self._fail(response, "timeout", str(err))
+        if isinstance(err, InputError):
+            return self._fail(response, "bad_request", str(err))
+        return self._fail(response, "model_not_ready", f"model not ready: {err}")
+
     def _on_ground(self, request: Ground.Request, response: Ground.Response) -> Ground.Response:
         t_call = time.monotonic()
         try:
@@ -740,10 +752,8 @@ class GroundingNode(LifecycleNode):
         try:
             queries = grounder.check_queries(list(request.queries))
             boxes = convert.boxes_from_flat(request.boxes) if len(request.boxes) else None
-        except InputError as err:
-            return self._fail(response, "bad_request", str(err))
-        except RuntimeError as err:  # model released meanwhile
-            return self._fail(response, "model_not_ready", f"model not ready: {err}")
+        except self._GROUNDER_ERRORS as err:
+            return self._fail_from(response, err)
         timeout = float(request.timeout)
         frame, why = self._select_frame(self._camera_name(request.camera),
                                         request.wait_for_fresh_frame, timeout, t_call)
@@ -758,12 +768,8 @@ class GroundingNode(LifecycleNode):
             else:
                 results = grounder.ground(queries, frame, request.top_k, request.min_score,
                                           deadline)
-        except GrounderBusy as err:
-            return self._fail(response, "timeout", str(err))
-        except InputError as err:
-            return self._fail(response, "bad_request", str(err))
-        except RuntimeError as err:
-            return self._fail(response, "model_not_ready", f"model not ready: {err}")
+        except self._GROUNDER_ERRORS as err:
+            return self._fail_from(response, err)
         results = [self._with_positions(r, frame) for r in results]
         response.results = [convert.result_to_msg(r, frame.meta.header) for r in results]
         response.success = True
@@ -779,10 +785,8 @@ class GroundingNode(LifecycleNode):
         if self.grounder is not None:
             try:
                 self.grounder.check_queries(queries) if queries else None
-            except InputError as err:
-                return self._fail(response, "bad_request", str(err))
-            except RuntimeError as err:
-                return self._fail(response, "model_not_ready", f"model not ready: {err}")
+            except self._GROUNDER_ERRORS as err:
+                return self._fail_from(response, err)
         result = self.set_parameters([Parameter("standing_queries",
                                                 Parameter.Type.STRING_ARRAY, queries)])[0]
         if not result.successful:
@@ -825,12 +829,8 @@ class GroundingNode(LifecycleNode):
         except convert.ImageConversionError as err:
             self._reject("query_image", err.reason, str(err))
             return self._fail(response, "bad_request", f"bad query image: {err}")
-        except InputError as err:
-            return self._fail(response, "bad_request", str(err))
-        except GrounderBusy as err:
-            return self._fail(response, "timeout", str(err))
-        except RuntimeError as err:
-            return self._fail(response, "model_not_ready", f"model not ready: {err}")
+        except self._GROUNDER_ERRORS as err:
+            return self._fail_from(response, err)
         finally:
             self.services_answered += 1
             self.service_latency.add(time.monotonic() - t_call)
