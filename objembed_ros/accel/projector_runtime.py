@@ -39,6 +39,7 @@ from objembed_ros.accel.onnx_export import (
     read_metadata,
     weights_sha256,
 )
+from objembed_ros.accel.ort import ort_session
 from objembed_ros.encoder.projector import ObjectProjector
 
 log = logging.getLogger(__name__)
@@ -82,30 +83,12 @@ class TorchProjectorRuntime:
         return self.projector(image_embeds, ds_second_last, ds_last, boxes, self.merged_hw)
 
 
-def _ort_providers(device: torch.device) -> list:
-    import onnxruntime as ort
-
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        return [("CUDAExecutionProvider", {"device_id": device.index or 0}),
-                "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
 class _OrtSession:
     """An InferenceSession fed from / returning torch tensors; IO binding on CUDA."""
 
     def __init__(self, onnx_path: str | Path, device: torch.device, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-        # no busy-waiting between runs: the spinning pool would steal the cores torch needs
-        # for the vision tower / LLM on small CPUs (2-core CI, Jetson)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.device = device
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=_ort_providers(device))
+        self.session = ort_session(onnx_path, device, threads)
         self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
         self.outputs = [o.name for o in self.session.get_outputs()]
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from objembed_ros.accel.ort import ort_session
+
 OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores")
@@ -76,13 +78,8 @@ class OnnxWeDetectDense:
     exact selection code runs on onnxruntime outputs.
     """
 
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts,
-                                            providers=providers or ["CPUExecutionProvider"])
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu") -> None:
+        self.session = ort_session(path, device)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         boxes, scores = self.session.run(list(OUTPUT_NAMES),
