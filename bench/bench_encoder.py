@@ -27,6 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from timing import cuda_sync, summarize
+
 from objembed_ros.encoder.checkpoint import (
     LoadedCheckpoint,
     ObjEmbedAttrs,
@@ -49,10 +51,6 @@ SHAPES = {
                            deepstack_visual_indexes=[5, 11, 17])),
 }
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_real_shapes(tiny_dir: Path, shapes: str, device: torch.device, dtype: torch.dtype,
@@ -98,12 +96,6 @@ def build_real_shapes(tiny_dir: Path, shapes: str, device: torch.device, dtype: 
     return ObjEmbedEncoder(loaded, text_cache_size=0)
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
-    return {"median_ms": 1000 * statistics.median(ordered), "p90_ms": 1000 * p90,
-            "runs": len(ordered)}
-
 
 def run(args: argparse.Namespace) -> dict:
     from PIL import Image
@@ -133,23 +125,23 @@ def run(args: argparse.Namespace) -> dict:
     stages: dict[str, list[float]] = {}
     frame = None
     for i in range(args.warmup + args.runs):
-        _sync(device)
+        cuda_sync(device)
         t = time.perf_counter()
         frame = enc.encode_image(rgb, boxes)
-        _sync(device)
+        cuda_sync(device)
         if i >= args.warmup:
             frame_t.append(time.perf_counter() - t)
             for k, v in frame.timings.items():
                 stages.setdefault(k, []).append(v)
     text_t, batch_t = [], []
     for i in range(args.warmup + args.runs):
-        _sync(device)
+        cuda_sync(device)
         t = time.perf_counter()
         enc.encode_text(queries[i % 8] + f" {i}")
-        _sync(device)
+        cuda_sync(device)
         t1 = time.perf_counter()
         enc.encode_text([q + f" {i}" for q in queries])
-        _sync(device)
+        cuda_sync(device)
         if i >= args.warmup:
             text_t.append(t1 - t)
             batch_t.append(time.perf_counter() - t1)
@@ -160,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
         "attn": enc.ckpt.attn_implementation, "boxes": args.boxes,
         "image": f"{side}x{side} -> {frame.resized_size[0]}x{frame.resized_size[1]}",
         "visual_tokens": mh * mw, "build_s": round(build_s, 2),
-        "frame": _stats(frame_t), "text_1": _stats(text_t), "text_8": _stats(batch_t),
+        "frame": summarize(frame_t), "text_1": summarize(text_t), "text_8": summarize(batch_t),
         "frame_stages_median_ms": {k: 1000 * statistics.median(v) for k, v in stages.items()},
         "torch": torch.__version__, "host": platform.node(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

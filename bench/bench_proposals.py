@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from timing import cuda_sync, summarize
 
 from objembed_ros.proposals.select import (
     per_label_nms,
@@ -79,12 +80,6 @@ def build_proposer(args: argparse.Namespace) -> WeDetectProposer:
     return WeDetectProposer(model, **kwargs)
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    ms = sorted(v * 1000 for v in values)
-    p90 = ms[min(len(ms) - 1, int(round(0.9 * (len(ms) - 1))))]
-    return {"median_ms": round(statistics.median(ms), 3), "p90_ms": round(p90, 3),
-            "n": len(ms)}
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -113,8 +108,7 @@ def main() -> int:
     cuda = prop.device.type == "cuda"
 
     def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
+        cuda_sync(prop.device)
 
     times: dict[str, list[float]] = {}
     same_as_loop = True
@@ -171,7 +165,7 @@ def main() -> int:
         "dtype": str(prop.dtype), "channels_last": prop.channels_last,
         "build_s": round(build_s, 2), "torch": torch.__version__,
         "nms_equal_to_loop": same_as_loop if not args.no_loop else None,
-        "stages": {k: summary(v) for k, v in times.items()},
+        "stages": {k: summarize(v) for k, v in times.items()},
     }
     width = max(len(k) for k in times)
     print(f"WeDetect-{args.size} {prop.input_size}px on {result['device_name']} "
@@ -179,7 +173,7 @@ def main() -> int:
           f"{', channels_last' if prop.channels_last else ''})")
     for k, v in result["stages"].items():
         print(f"  {k:<{width}}  median {v['median_ms']:9.2f} ms   p90 {v['p90_ms']:9.2f} ms"
-              f"   (n={v['n']})")
+              f"   (n={v['runs']})")
     if not args.no_loop:
         print(f"  ours == official-style loop: {same_as_loop}")
     if args.json:

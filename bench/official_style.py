@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from timing import cuda_sync  # bench/ is on sys.path: scripts run from there
 
 from objembed_ros.core.resize import patchify, smart_resize
 from objembed_ros.encoder import prompts
@@ -44,8 +45,7 @@ class OfficialStylePath:
         self.cfg = encoder.image_config
 
     def _sync(self) -> None:
-        if self.enc.device.type == "cuda":
-            torch.cuda.synchronize(self.enc.device)
+        cuda_sync(self.enc.device)
 
     def _render(self, text: str, with_image: bool) -> list[int]:
         # rendered and tokenized every call, as the processor does

@@ -16,7 +16,6 @@ import argparse
 import importlib.util
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ sys.path.insert(0, str(BENCH))
 
 from bench_encoder import build_real_shapes  # noqa: E402  (reuse the 2B/4B shapes)
 from official_style import OfficialStylePath  # noqa: E402
+from timing import cuda_sync, summarize  # noqa: E402
 
 from objembed_ros.encoder.model import ObjEmbedEncoder  # noqa: E402
 from objembed_ros.testing.tiny_objembed import make_tiny_objembed_checkpoint  # noqa: E402
@@ -43,17 +43,6 @@ LABELS = {"vision": "vision tower", "llm": "LLM prefill", "text": "text pass (1 
           "frame": "frame total (encode_image)", "node": "node overhead"}
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def stats(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    v = sorted(values)
-    p90 = v[min(len(v) - 1, int(round(0.9 * (len(v) - 1))))]
-    return {"median_ms": 1000 * statistics.median(v), "p90_ms": 1000 * p90, "runs": len(v)}
 
 
 def make_proposer(device: torch.device, tmp: Path, full_depth: bool) -> Any:
@@ -73,10 +62,10 @@ def _time_proposals(proposer: Any, rgb: np.ndarray, dev: torch.device,
     """One proposer run, timed into `record` (None: a warm-up run)."""
     if proposer is None:
         return
-    _sync(dev)
+    cuda_sync(dev)
     t = time.perf_counter()
     proposer.propose(rgb)
-    _sync(dev)
+    cuda_sync(dev)
     if record is not None:
         record.append(time.perf_counter() - t)
 
@@ -89,22 +78,22 @@ def time_ours(enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndarray, proposer
     for i in range(warmup + runs):
         rec = i >= warmup
         _time_proposals(proposer, rgb, dev, out["proposals"] if rec else None)
-        _sync(dev)
+        cuda_sync(dev)
         t = time.perf_counter()
         frame = enc.encode_image(rgb, boxes)
-        _sync(dev)
+        cuda_sync(dev)
         if rec:
             out["frame"].append(time.perf_counter() - t)
             for k in ("preprocess", "vision", "projector", "llm", "readout"):
                 out[k].append(frame.timings[k])
         enc.text_cache.clear()
-        _sync(dev)
+        cuda_sync(dev)
         t = time.perf_counter()
         q = enc.encode_text(f"the red cup number {i}")
-        _sync(dev)
+        cuda_sync(dev)
         t1 = time.perf_counter()
         enc.score_objects(q, frame)
-        _sync(dev)
+        cuda_sync(dev)
         if rec:
             out["text"].append(t1 - t)
             out["scoring"].append(time.perf_counter() - t1)
@@ -120,14 +109,14 @@ def time_official(path: OfficialStylePath, rgb: np.ndarray, boxes: np.ndarray, p
         _time_proposals(proposer, rgb, dev, out["proposals"] if rec else None)
         t = time.perf_counter()
         res, stages = path.encode_image(rgb, boxes)
-        _sync(dev)
+        cuda_sync(dev)
         if rec:
             out["frame"].append(time.perf_counter() - t)
             for k, v in stages.items():
                 out[k].append(v)
         t = time.perf_counter()
         q = path.encode_text(f"the red cup number {i}")
-        _sync(dev)
+        cuda_sync(dev)
         t1 = time.perf_counter()
         path.score(q, res)
         if rec:
@@ -194,11 +183,11 @@ def run_config(label: str, enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndar
             enc.enable_text_cuda_graphs(True)
         raw = time_ours(enc, rgb, boxes, proposer, args.warmup, args.runs)
         enc.enable_text_cuda_graphs(False)
-        columns[f"ours/{name}"] = {k: stats(v) for k, v in raw.items()}
+        columns[f"ours/{name}"] = {k: summarize(v) for k, v in raw.items()}
     enc.set_projector_backend("torch")
     if not args.skip_official:
         raw = time_official(OfficialStylePath(enc), rgb, boxes, proposer, args.warmup, args.runs)
-        columns["official-style"] = {k: stats(v) for k, v in raw.items()}
+        columns["official-style"] = {k: summarize(v) for k, v in raw.items()}
     for col in columns.values():
         col["node"] = _node_ms(node)
     mh, mw = (enc.preprocess(rgb).merged_hw)
