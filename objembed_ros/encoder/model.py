@@ -163,7 +163,8 @@ class ObjEmbedEncoder:
         self.text_cache: LRUCache[tuple[str, str], torch.Tensor] = LRUCache(text_cache_size)
         self.score_params = ScoreParams.from_projector(self.projector)
         self.sync_timings = False
-        self._prompt_cache: dict[tuple[int, int], tuple[list[int], ...]] = {}
+        # rendered image prompts by (number of boxes, user text or None for the default)
+        self._prompt_cache: LRUCache[tuple[int, str | None], list[int]] = LRUCache(512)
         # Acceleration hooks (objembed_ros.accel); None = plain torch modules, eager text pass.
         self.projector_backend: Any = None
         self.text_runner: Any = None
@@ -234,17 +235,14 @@ class ObjEmbedEncoder:
     def image_prompt_ids(self, num_boxes: int, num_image_tokens: int,
                          user_text: str | None = None) -> list[int]:
         """Token ids of the image prompt with the image pad expanded (N boxes)."""
-        key = (num_boxes, -1 if user_text is None else hash(user_text))
-        cached = self._prompt_cache.get(key)
-        if cached is None:
+        def render() -> list[int]:
             text = user_text if user_text is not None else prompts.image_user_text(
                 num_boxes, self.use_two_tokens)
-            ids = prompts.tokenize(self.tokenizer, prompts.render_chat(self.tokenizer, text,
-                                                                       with_image=True))
-            if len(self._prompt_cache) > 512:
-                self._prompt_cache.clear()
-            self._prompt_cache[key] = cached = (ids,)
-        return prompts.expand_image_pad(cached[0], self.ids.image_pad, num_image_tokens)
+            return prompts.tokenize(self.tokenizer, prompts.render_chat(self.tokenizer, text,
+                                                                        with_image=True))
+
+        ids = self._prompt_cache.get_or_compute((num_boxes, user_text), render)
+        return prompts.expand_image_pad(ids, self.ids.image_pad, num_image_tokens)
 
     # ------------------------------------------------------------------ image pass
     def _sync(self) -> None:
