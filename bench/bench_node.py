@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "objembed_ros"))
 
 from objembed_ros.ros.launcher import default_params_file, ros_environment, start_node
 

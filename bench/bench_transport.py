@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "objembed_ros"))
 
 from objembed_ros.ros.launcher import ros_environment  # noqa: E402
 

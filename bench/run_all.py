@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH.parent / "objembed_ros"))
 sys.path.insert(0, str(BENCH))
 
 from bench_encoder import build_real_shapes  # noqa: E402  (reuse the 2B/4B shapes)

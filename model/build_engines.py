@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "objembed_ros"))
 
 from objembed_ros.accel import trt
 from objembed_ros.accel.engine_cache import lookup_engine

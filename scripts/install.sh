@@ -10,7 +10,7 @@ VENV="$ROOT/.venv"
 PY=${PYTHON:-python3}
 
 stamp_inputs() {
-  cat requirements.txt requirements-ros.txt setup.py package.xml scripts/install.sh
+  cat requirements.txt requirements-ros.txt objembed_ros/setup.py objembed_ros/package.xml scripts/install.sh
   find msg -type f -not -path '*/build/*' | sort | xargs cat
 }
 want=$(stamp_inputs | sha256sum | cut -d' ' -f1)
@@ -32,7 +32,10 @@ export CMAKE_PREFIX_PATH="$VENV"
 rm -rf msg/objembed_msgs/build
 "$VENV/bin/python" -m pip install -q --no-build-isolation --force-reinstall --no-deps ./msg/objembed_msgs
 rm -rf msg/objembed_msgs/build
-"$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e .
+# compat mode: a plain path entry, so a checkout-root sys.path entry (python -m pytest) cannot
+# shadow the package with the objembed_ros/ package folder as a namespace package.
+"$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps \
+  --config-settings editable_mode=compat -e ./objembed_ros
 
 "$VENV/bin/python" -c "import objembed_msgs.msg, rclpy, torch, transformers" \
   || { echo "install.sh: the installed environment does not import" >&2; exit 1; }

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-LAUNCH = Path(__file__).resolve().parents[1] / "launch" / "objembed.launch.py"
+LAUNCH = Path(__file__).resolve().parents[1] / "objembed_ros" / "launch" / "objembed.launch.py"
 
 
 def _tree() -> ast.Module:

@@ -9,17 +9,18 @@ from pathlib import Path
 from catkin_pkg.package import parse_package
 
 REPO = Path(__file__).resolve().parents[1]
+PKG = REPO / "objembed_ros"  # the ament_python package folder
 
 
 def test_package_xml_files_are_valid_and_consistent() -> None:
-    ros_pkg = parse_package(REPO / "package.xml")
+    ros_pkg = parse_package(PKG / "package.xml")
     msgs_pkg = parse_package(REPO / "msg" / "objembed_msgs" / "package.xml")
     assert ros_pkg.name == "objembed_ros" and msgs_pkg.name == "objembed_msgs"
     assert ros_pkg.get_build_type() == "ament_python"
     assert msgs_pkg.get_build_type() == "ament_cmake"
     assert "rosidl_interface_packages" in [g.name for g in msgs_pkg.member_of_groups]
     assert "objembed_msgs" in [d.name for d in ros_pkg.exec_depends + ros_pkg.build_depends]
-    setup_py = (REPO / "setup.py").read_text()
+    setup_py = (PKG / "setup.py").read_text()
     assert re.search(rf'version="{re.escape(ros_pkg.version)}"', setup_py)
 
 
@@ -33,19 +34,19 @@ def test_every_interface_file_is_generated() -> None:
 
 
 def test_setup_installs_launch_and_config_for_colcon() -> None:
-    tree = ast.parse((REPO / "setup.py").read_text())
+    tree = ast.parse((PKG / "setup.py").read_text())
     text = ast.unparse(tree)
     for needle in ("share/ament_index/resource_index/packages", "launch/*.launch.py",
                    "config/*.yaml", "config/*.xml"):
         assert needle in text
-    assert (REPO / "resource" / "objembed_ros").exists()
-    assert list((REPO / "launch").glob("*.launch.py")), "no launch file"
-    assert (REPO / "config" / "params.yaml").exists()
+    assert (PKG / "resource" / "objembed_ros").exists()
+    assert list((PKG / "launch").glob("*.launch.py")), "no launch file"
+    assert (PKG / "config" / "params.yaml").exists()
 
 
 def test_fastdds_profile_fits_720p_frames() -> None:
     ns = {"d": "http://www.eprosima.com"}
-    root = ET.parse(REPO / "config" / "fastdds_shm.xml").getroot()
+    root = ET.parse(PKG / "config" / "fastdds_shm.xml").getroot()
     shm = [t for t in root.iterfind(".//d:transport_descriptor", ns)
            if t.findtext("d:type", namespaces=ns) == "SHM"]
     assert shm, "no shared-memory transport"

@@ -10,10 +10,9 @@ pip installs, which have no `launch`, use `objembed-launch` (objembed_ros/ros/la
 """
 import os
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
-
-from launch import LaunchDescription
 
 PACKAGE = "objembed_ros"
 EXECUTABLE = "grounding_node"
