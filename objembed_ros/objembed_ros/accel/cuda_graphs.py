@@ -15,6 +15,7 @@ padding path unpads on the host); for these lengths sdpa is as fast.
 ``use_graphs=False`` runs the same bucketed static-shape forward eagerly: that is the CPU
 test of the padding/mask logic; capture itself is only tested on a GPU.
 Any capture failure logs once and disables graphs (the encoder then runs its eager path).
+:func:`install_text_graphs` puts a runner into the encoder's ``text_runner`` hook.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from objembed_ros.encoder.model import ObjEmbedEncoder
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +144,12 @@ class TextGraphRunner:
             self.disabled = True
             self._graphs.clear()
             return None
+
+
+def install_text_graphs(encoder: ObjEmbedEncoder, enabled: bool = True) -> bool:
+    """Replay captured CUDA graphs for the encoder's text pass (CUDA only; returns whether
+    on). Shapes beyond the buckets, or any capture failure, run the eager pass."""
+    encoder.text_runner = None
+    if enabled and encoder.device.type == "cuda":
+        encoder.text_runner = TextGraphRunner(encoder.qwen.language_model, encoder.device)
+    return encoder.text_runner is not None

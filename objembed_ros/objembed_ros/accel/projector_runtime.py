@@ -5,11 +5,13 @@ Every runtime is specialised to one merged grid (H', W') and is called like
 (object_tokens, second_tokens, image_pos)``; IoU runtimes: ``iou(hidden) -> (N,)``.
 :class:`ProjectorBackend` picks the backend (falling back with a logged reason via
 :func:`objembed_ros.accel.backends.choose_backend`), exports/looks up one graph or engine
-per grid on first use and caches the runtimes by (H', W'). It is what
-``ObjEmbedEncoder.set_projector_backend`` installs.
+per grid on first use and caches the runtimes by (H', W').
+:func:`install_projector_backend` puts one into the encoder's ``projector_backend`` hook
+(the grounder's build step calls it; the encoder never imports this module).
 
 N = 0: the ONNX/TensorRT graphs need at least one box (see onnx_export), so the runtimes
-run one dummy whole-image box and return empty outputs, as the encoder does.
+run the encoder's dummy whole-image box (``encoder.projector.dummy_box``) and return empty
+outputs. (The encoder itself already passes that box when a frame has none.)
 
 Dtypes: ONNX/TensorRT graphs take and return float32; outputs are cast back to the
 dtype of ``image_embeds`` (bf16 on GPU). Their internal precision is float32 (ORT) or the
@@ -40,7 +42,8 @@ from objembed_ros.accel.onnx_export import (
     weights_sha256,
 )
 from objembed_ros.accel.ort import ort_session
-from objembed_ros.encoder.projector import ObjectProjector
+from objembed_ros.encoder.model import ObjEmbedEncoder
+from objembed_ros.encoder.projector import ObjectProjector, dummy_box
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +58,12 @@ class ProjectorRuntime(Protocol):
                  ds_last: torch.Tensor, boxes: torch.Tensor) -> Outputs: ...
 
 
-def dummy_box(merged_hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-    """The official no-box placeholder [0, 0, 32W', 32H'] (its outputs are dropped)."""
-    mh, mw = merged_hw
-    return torch.tensor([[0.0, 0.0, 32.0 * mw, 32.0 * mh]], dtype=like.dtype, device=like.device)
-
-
 def _with_dummy(run, merged_hw: tuple[int, int], image_embeds: torch.Tensor,
                 ds2: torch.Tensor, ds1: torch.Tensor, boxes: torch.Tensor) -> Outputs:
     if boxes.shape[0] > 0:
         return run(image_embeds, ds2, ds1, boxes)
-    obj, second, pos = run(image_embeds, ds2, ds1, dummy_box(merged_hw, boxes))
+    obj, second, pos = run(image_embeds, ds2, ds1, dummy_box(merged_hw, boxes.dtype,
+                                                             boxes.device))
     return obj[:0], second[:0], pos
 
 
@@ -318,3 +316,26 @@ class ProjectorBackend:
 
     def iou_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.iou_runtime()(hidden)
+
+
+def install_projector_backend(encoder: ObjEmbedEncoder, name: str = "torch",
+                              cache_dir: str | Path | None = None, allow_build: bool = False,
+                              model: str | None = None, precision: str = "fp16",
+                              grids: Iterable[tuple[int, int]] = ()) -> BackendChoice:
+    """Run the encoder's object projector and IoU head on "torch", "onnxruntime" or
+    "tensorrt" (installed into its ``projector_backend`` hook).
+
+    An unavailable backend falls back (tensorrt -> onnxruntime -> torch) with a logged
+    reason; the returned ``BackendChoice`` says what runs. cache_dir holds the ONNX exports
+    and engines (required unless torch runs); model names them (default: the checkpoint
+    directory name, lower-cased); allow_build exports/builds missing or stale graphs on
+    first use of a merged grid; grids (H', W') are prepared now so that failures surface at
+    configure time.
+    """
+    backend = ProjectorBackend(encoder.projector, name, encoder.device, cache_dir,
+                               model=model or encoder.ckpt.path.name.lower(),
+                               checkpoint=str(encoder.ckpt.path), allow_build=allow_build,
+                               precision=precision)
+    backend.prepare(grids)
+    encoder.projector_backend = None if backend.choice.chosen == "torch" else backend
+    return backend.choice

@@ -1,11 +1,11 @@
-"""ObjEmbed scores from embeddings, numpy only (spec section 6).
+"""ObjEmbed scores from embeddings: the one implementation (numpy; spec section 6).
 
 grounding score  = sigmoid(cos(t, o_i) * exp(logit_log_scale) + logit_bias) * sigmoid(u_i)
 image retrieval  = sigmoid(cos(t, g) * exp(logit_image_log_scale) + logit_image_bias)
 
-The node keeps frames and queries as numpy and publishes the factors separately:
+The grounder, the CLI and ``ObjEmbedEncoder.score_objects`` all score here; torch tensors
+are copied to the host as numpy first. The node publishes the factors separately:
 ``similarity`` (the first sigmoid), ``iou`` (sigmoid of the iou logit) and ``cosine``.
-The torch twins live in ``objembed_ros.encoder.model``.
 """
 from __future__ import annotations
 
@@ -27,15 +27,22 @@ class LogitParams:
 
 @dataclass
 class GroundingScores:
-    """(Q, N) scores of Q queries against N boxes: score = similarity * iou, similarity =
-    sigmoid(cos * exp(logit_log_scale) + logit_bias), iou = sigmoid(iou logit) broadcast over
-    queries, cosine the raw cosine similarity. numpy arrays from this module; torch tensors
-    when the encoder scores torch inputs."""
+    """(Q, N) numpy scores of Q queries against N boxes: score = similarity * iou,
+    similarity = sigmoid(cos * exp(logit_log_scale) + logit_bias), iou = sigmoid(iou logit)
+    broadcast over queries, cosine the raw cosine similarity."""
 
-    score: Any
-    similarity: Any
-    iou: Any
-    cosine: Any
+    score: np.ndarray
+    similarity: np.ndarray
+    iou: np.ndarray
+    cosine: np.ndarray
+
+
+def host_float32(x: Any) -> np.ndarray:
+    """A torch tensor (any device or float dtype, duck-typed: no torch import here) or an
+    array -> a float32 numpy array on the host."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -59,7 +66,7 @@ def cosine_matrix(a: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.ndarra
 
 def grounding_scores(text: np.ndarray, objects: np.ndarray, iou_logits: np.ndarray,
                      logit_log_scale: float, logit_bias: float) -> GroundingScores:
-    """Score Q object queries against N boxes of one frame (all factors returned)."""
+    """Score Q object queries (Q, D) against the N boxes (N, D), (N,) of one frame."""
     text = np.atleast_2d(np.asarray(text))
     objects = np.asarray(objects).reshape(-1, text.shape[-1])
     iou_logits = np.asarray(iou_logits).reshape(-1)
@@ -71,6 +78,7 @@ def grounding_scores(text: np.ndarray, objects: np.ndarray, iou_logits: np.ndarr
 
 def image_scores(text: np.ndarray, images: np.ndarray, logit_image_log_scale: float,
                  logit_image_bias: float) -> np.ndarray:
-    """(Q, D) global-text embeddings x (M, D) image embeddings -> (Q, M) probabilities."""
+    """(Q, D) query embeddings x (M, D) coarse global image embeddings -> (Q, M)
+    probabilities."""
     cos = cosine_matrix(np.atleast_2d(text), np.atleast_2d(images))
     return sigmoid(cos * np.exp(logit_image_log_scale) + logit_image_bias)

@@ -3,7 +3,8 @@
 Embed once, query many: :meth:`ObjEmbedEncoder.encode_image` runs the vision tower, the
 object projector and the language model once per frame and returns an :class:`EncodedFrame`
 (object embeddings, iou logits, global embeddings); :meth:`encode_text` embeds queries
-(cached, LRU); :func:`score_objects` / :func:`score_images` are matrix products.
+(cached, LRU); :meth:`score_objects` / :meth:`score_images` call the one scoring
+implementation in ``core.scoring`` on host copies.
 
 Follows the ObjEmbed spec section 5 step by step (see ``_image_pass``). Box policy: (N, 4)
 float xyxy in the image's own pixels; NaN/inf rows raise :class:`InputError` naming the row;
@@ -25,17 +26,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from objembed_ros.core import scoring as np_scoring
 from objembed_ros.core.boxes import validate_boxes
 from objembed_ros.core.cache import LRUCache
 from objembed_ros.core.errors import InputError
 from objembed_ros.core.resize import PreprocessedImage, preprocess_image
-from objembed_ros.core.scoring import GroundingScores
+from objembed_ros.core.scoring import (
+    GroundingScores,
+    LogitParams,
+    grounding_scores,
+    host_float32,
+    image_scores,
+)
 from objembed_ros.encoder import prompts
 from objembed_ros.encoder.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
+from objembed_ros.encoder.hooks import ProjectorHook, TextRunnerHook
+from objembed_ros.encoder.projector import dummy_box
 
-__all__ = ["CheckpointError", "EncodedFrame", "GroundingScores", "ObjEmbedEncoder",
-           "ScoreParams", "score_images", "score_objects"]
+__all__ = ["CheckpointError", "EncodedFrame", "ObjEmbedEncoder", "logit_params_of"]
 
 
 @dataclass
@@ -65,86 +72,10 @@ class EncodedFrame:
         return int(self.boxes.shape[0])
 
 
-@dataclass(frozen=True)
-class ScoreParams:
-    """The four learned logit scalars (floats), from a checkpoint or given explicitly."""
-
-    logit_log_scale: float
-    logit_bias: float
-    logit_image_log_scale: float
-    logit_image_bias: float
-
-    @classmethod
-    def from_projector(cls, projector: Any) -> ScoreParams:
-        return cls(*(float(getattr(projector, n).detach().float().cpu()[0]) for n in (
-            "logit_log_scale", "logit_bias", "logit_image_log_scale", "logit_image_bias")))
-
-
-def _params_of(params: Any) -> ScoreParams:
-    if isinstance(params, ScoreParams):
-        return params
-    if isinstance(params, ObjEmbedEncoder):
-        return params.score_params
-    if isinstance(params, np_scoring.LogitParams):
-        return ScoreParams(params.logit_log_scale, params.logit_bias,
-                           params.logit_image_log_scale, params.logit_image_bias)
-    raise TypeError("params must be a ScoreParams, LogitParams or ObjEmbedEncoder")
-
-
-def score_objects(text_embeddings: Any, frame: EncodedFrame | tuple[Any, Any], params: Any,
-                  return_parts: bool = False) -> Any:
-    """Grounding scores (Q, N) of Q object-query embeddings against one frame's boxes.
-
-    text_embeddings: (Q, D) or (D,) from ``encode_text(..., target="object")``.
-    frame: an :class:`EncodedFrame` or a pair ``(object_embeddings (N, D), iou_logits (N,))``.
-    params: :class:`ScoreParams`, ``core.scoring.LogitParams`` or the encoder itself.
-    Numpy inputs give numpy outputs (float64 math via ``core.scoring``); torch inputs give
-    float32 torch tensors on the inputs' device. ``return_parts=True`` returns
-    :class:`GroundingScores` (score, similarity, iou, cosine) instead of the score alone.
-    """
-    p = _params_of(params)
-    if isinstance(frame, EncodedFrame):
-        objects, ious = frame.object_embeddings, frame.iou_logits
-    else:
-        objects, ious = frame
-    if not any(isinstance(x, torch.Tensor) for x in (text_embeddings, objects, ious)):
-        parts = np_scoring.grounding_scores(np.asarray(text_embeddings), np.asarray(objects),
-                                            np.asarray(ious), p.logit_log_scale, p.logit_bias)
-        if return_parts:
-            return parts
-        return parts.score
-    dev = next(x.device for x in (text_embeddings, objects, ious) if isinstance(x, torch.Tensor))
-    t = torch.as_tensor(text_embeddings, device=dev).float()
-    t = t.reshape(-1, t.shape[-1])
-    o = torch.as_tensor(objects, device=dev).float().reshape(-1, t.shape[-1])
-    u = torch.as_tensor(ious, device=dev).float().reshape(-1)
-    cos = torch.nn.functional.normalize(t, dim=-1) @ torch.nn.functional.normalize(o, dim=-1).T
-    sim = torch.sigmoid(cos * float(np.exp(p.logit_log_scale)) + p.logit_bias)
-    iou = torch.sigmoid(u)[None, :].expand_as(sim)
-    score = sim * iou
-    if return_parts:
-        return GroundingScores(score=score, similarity=sim, iou=iou, cosine=cos)
-    return score
-
-
-def score_images(text_embeddings: Any, global_embeddings: Any, params: Any) -> Any:
-    """Image-retrieval probabilities (Q, M) of Q ``<global_text>`` query embeddings against
-    M image embeddings (normally each frame's coarse ``global_embeddings[0]``).
-
-    Same numpy/torch rules and ``params`` as :func:`score_objects`.
-    """
-    p = _params_of(params)
-    if not any(isinstance(x, torch.Tensor) for x in (text_embeddings, global_embeddings)):
-        return np_scoring.image_scores(np.asarray(text_embeddings),
-                                       np.asarray(global_embeddings),
-                                       p.logit_image_log_scale, p.logit_image_bias)
-    dev = next(x.device for x in (text_embeddings, global_embeddings)
-               if isinstance(x, torch.Tensor))
-    t = torch.as_tensor(text_embeddings, device=dev).float()
-    t = t.reshape(-1, t.shape[-1])
-    g = torch.as_tensor(global_embeddings, device=dev).float().reshape(-1, t.shape[-1])
-    cos = torch.nn.functional.normalize(t, dim=-1) @ torch.nn.functional.normalize(g, dim=-1).T
-    return torch.sigmoid(cos * float(np.exp(p.logit_image_log_scale)) + p.logit_image_bias)
+def logit_params_of(projector: Any) -> LogitParams:
+    """The four learned logit scalars of a loaded projector, as Python floats."""
+    return LogitParams(*(float(getattr(projector, n).detach().float().cpu()[0]) for n in (
+        "logit_log_scale", "logit_bias", "logit_image_log_scale", "logit_image_bias")))
 
 
 class ObjEmbedEncoder:
@@ -161,50 +92,14 @@ class ObjEmbedEncoder:
         self.use_two_tokens = loaded.attrs.use_two_tokens
         self.max_boxes = int(max_boxes)
         self.text_cache: LRUCache[tuple[str, str], torch.Tensor] = LRUCache(text_cache_size)
-        self.score_params = ScoreParams.from_projector(self.projector)
+        self.score_params = logit_params_of(self.projector)
         self.sync_timings = False
         # rendered image prompts by (number of boxes, user text or None for the default)
         self._prompt_cache: LRUCache[tuple[int, str | None], list[int]] = LRUCache(512)
-        # Acceleration hooks (objembed_ros.accel); None = plain torch modules, eager text pass.
-        self.projector_backend: Any = None
-        self.text_runner: Any = None
-
-    # ------------------------------------------------------------------ acceleration
-    def set_projector_backend(self, name: str = "torch", cache_dir: str | os.PathLike | None = None,
-                              allow_build: bool = False, model: str | None = None,
-                              precision: str = "fp16",
-                              grids: tuple[tuple[int, int], ...] = ()) -> Any:
-        """Run the object projector and IoU head on "torch", "onnxruntime" or "tensorrt".
-
-        An unavailable backend falls back (tensorrt -> onnxruntime -> torch) with a logged
-        reason; the returned ``BackendChoice`` says what runs. cache_dir holds the ONNX
-        exports and engines (required unless torch runs); model names them (default: the
-        checkpoint directory name); allow_build exports/builds missing or stale graphs on
-        first use of a merged grid; grids (H', W') are prepared now so failures surface at
-        configure time. See :mod:`objembed_ros.accel.projector_runtime`.
-        """
-        from objembed_ros.accel.projector_runtime import ProjectorBackend
-
-        backend = ProjectorBackend(self.projector, name, self.device, cache_dir,
-                                   model=model or self.ckpt.path.name.lower(),
-                                   checkpoint=str(self.ckpt.path), allow_build=allow_build,
-                                   precision=precision)
-        backend.prepare(grids)
-        self.projector_backend = None if backend.choice.chosen == "torch" else backend
-        return backend.choice
-
-    def enable_text_cuda_graphs(self, enabled: bool = True) -> bool:
-        """Replay captured CUDA graphs for the text pass (CUDA only; returns whether on).
-
-        Falls back to the eager pass for shapes beyond the buckets or after a capture
-        failure. See :mod:`objembed_ros.accel.cuda_graphs`.
-        """
-        self.text_runner = None
-        if enabled and self.device.type == "cuda":
-            from objembed_ros.accel.cuda_graphs import TextGraphRunner
-
-            self.text_runner = TextGraphRunner(self.qwen.language_model, self.device)
-        return self.text_runner is not None
+        # Hooks that objembed_ros.accel fills in (see encoder.hooks); None = plain torch
+        # projector and the eager text pass.
+        self.projector_backend: ProjectorHook | None = None
+        self.text_runner: TextRunnerHook | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -274,7 +169,7 @@ class ObjEmbedEncoder:
     def encode_image_query(self, rgb: np.ndarray) -> torch.Tensor:
         """(D,) embedding of an image used as a query (the coarse ``<global>`` of the
         official query prompt, no boxes); compare with frames' coarse global embeddings
-        via :func:`score_images`."""
+        via :meth:`score_images`."""
         pre = self.preprocess(rgb)
         frame = self._image_pass(pre, np.zeros((0, 4)), prompts.IMAGE_QUERY_TEXT)
         return frame.global_embeddings[0]
@@ -283,8 +178,8 @@ class ObjEmbedEncoder:
         """Original-pixel xyxy -> resized pixels; the ratio first, as the official code."""
         mh, mw = pre.merged_hw
         dtype, dev = self.dtype, self.device
-        if boxes.shape[0] == 0:  # dummy whole-image box, dropped after the pass
-            return torch.tensor([[0, 0, mw * 32, mh * 32]], dtype=dtype, device=dev)
+        if boxes.shape[0] == 0:  # the dummy box runs and its outputs are dropped
+            return dummy_box(pre.merged_hw, dtype, dev)
         height, width = pre.original_hw
         b = torch.as_tensor(boxes, dtype=dtype).to(dev)
         ratio = (torch.tensor([width, height, width, height], dtype=dtype, device=dev)
@@ -434,11 +329,17 @@ class ObjEmbedEncoder:
         return hidden[rows, torch.tensor(reads, device=dev)].float()
 
     # ------------------------------------------------------------------ scores
-    def score_objects(self, text_embeddings: Any, frame: EncodedFrame,
-                      return_parts: bool = False) -> Any:
-        """:func:`score_objects` with this checkpoint's logit scale and bias."""
-        return score_objects(text_embeddings, frame, self.score_params, return_parts)
+    def score_objects(self, text_embeddings: Any, frame: EncodedFrame) -> GroundingScores:
+        """Grounding scores of (Q, D) object-query embeddings against one frame's boxes,
+        with this checkpoint's logit scale and bias (``core.scoring``, on host copies)."""
+        p = self.score_params
+        return grounding_scores(host_float32(text_embeddings),
+                                host_float32(frame.object_embeddings),
+                                host_float32(frame.iou_logits), p.logit_log_scale, p.logit_bias)
 
-    def score_images(self, text_embeddings: Any, global_embeddings: Any) -> Any:
-        """:func:`score_images` with this checkpoint's image logit scale and bias."""
-        return score_images(text_embeddings, global_embeddings, self.score_params)
+    def score_images(self, text_embeddings: Any, global_embeddings: Any) -> np.ndarray:
+        """(Q, M) image-retrieval probabilities of (Q, D) query embeddings against (M, D)
+        coarse global embeddings, with this checkpoint's image logit scale and bias."""
+        p = self.score_params
+        return image_scores(host_float32(text_embeddings), host_float32(global_embeddings),
+                            p.logit_image_log_scale, p.logit_image_bias)

@@ -67,6 +67,17 @@ def sine_embedding(pos: torch.Tensor, dim: int) -> torch.Tensor:
     raise ValueError(f"sine_embedding takes 2 or 4 coordinates, got {k}")
 
 
+def dummy_box(merged_hw: tuple[int, int], dtype: torch.dtype,
+              device: torch.device | str) -> torch.Tensor:
+    """The official no-box placeholder [0, 0, 32W', 32H'] in resized pixels (spec 5.4).
+
+    With no boxes it goes through every projector step and its outputs are dropped; the
+    encoder and the ONNX/TensorRT runtimes (whose graphs need N >= 1) both use this one.
+    """
+    mh, mw = int(merged_hw[0]), int(merged_hw[1])
+    return torch.tensor([[0.0, 0.0, 32.0 * mw, 32.0 * mh]], dtype=dtype, device=device)
+
+
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
 

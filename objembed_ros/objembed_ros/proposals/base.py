@@ -1,8 +1,10 @@
-"""What every proposal source returns, and the two sources that need no network.
+"""What every proposal source returns, and the sources that need no network.
 
-The node and the CLI only see :class:`Proposer`: WeDetect-Uni (the boxes ObjEmbed was
-evaluated with), boxes supplied by the caller or by another detector's topic (re-scored by
-language downstream), or none at all (image-level retrieval only). numpy only; no torch.
+Every path to boxes goes through a :class:`Proposer`: WeDetect-Uni (the boxes ObjEmbed was
+evaluated with, ``proposals.wedetect``), boxes supplied by the caller or another detector
+(:class:`SuppliedBoxesProposer`, re-scored by language downstream; with none set it gives no
+boxes: image-level retrieval only), the whole image as ONE box (:class:`WholeImageProposer`)
+and a sliding-window grid (:class:`GridProposer`, a proposer-free fallback). numpy only.
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from objembed_ros.core.boxes import validate_boxes
+from objembed_ros.core.boxes import grid_boxes, validate_boxes
 from objembed_ros.core.errors import InputError
-from objembed_ros.core.letterbox import DEFAULT_MAX_PIXELS, to_rgb_uint8
+from objembed_ros.core.image import check_image
+from objembed_ros.core.letterbox import DEFAULT_MAX_PIXELS
 
 
 @dataclass
@@ -25,7 +28,8 @@ class Proposals:
             [k, k+1)), inside [0, W] x [0, H], always finite.
     scores: (K,) float32. WeDetect: the sigmoid score in (0, 1), in decreasing order.
             Supplied boxes: the detector's scores when given (caller's order kept, so row i
-            is the caller's box i), else 1.0 ("not filtered"); never NaN.
+            is the caller's box i); NaN where the source has no score (whole image, grid,
+            supplied boxes without scores).
     labels: (K,) int64, the WeDetect prompt index (0..255) each row won with; the caller's
             labels for supplied boxes; -1 when there is none. WeDetect rows may repeat a
             box under different labels (official behaviour).
@@ -62,15 +66,31 @@ class Proposals:
 
 @runtime_checkable
 class Proposer(Protocol):
-    """A source of object boxes for one RGB image (HxWx3 uint8; see ``to_rgb_uint8``)."""
+    """A source of object boxes for one image (HxW[x1|3|4] uint8; InputError otherwise)."""
 
     name: str
 
     def propose(self, rgb: np.ndarray) -> Proposals: ...
 
 
+def _image_size(rgb: np.ndarray, max_pixels: int | None) -> tuple[int, int]:
+    """(W, H) of a checked image (InputError for anything that is not one)."""
+    height, width = check_image(rgb, max_pixels).shape[:2]
+    return width, height
+
+
+def _unscored(boxes: np.ndarray, source: str, image_size: tuple[int, int],
+              t0: float) -> Proposals:
+    k = len(boxes)
+    return Proposals(boxes, np.full(k, np.nan, np.float32), np.full(k, -1, np.int64), source,
+                     {"total": time.perf_counter() - t0}, image_size)
+
+
 class WholeImageProposer:
-    """No boxes (K = 0): only the image-level embedding is used (image retrieval)."""
+    """The whole image as one box ``[0, 0, W, H]``: "how well does the image match", with
+    the image's own object embedding and IoU factor (the node's ``proposer: whole_image``).
+    For no boxes at all (global embeddings only) use a :class:`SuppliedBoxesProposer`
+    with none set."""
 
     name = "whole_image"
 
@@ -79,9 +99,23 @@ class WholeImageProposer:
 
     def propose(self, rgb: np.ndarray) -> Proposals:
         t0 = time.perf_counter()
-        img = to_rgb_uint8(rgb, self.max_pixels)
-        h, w = img.shape[:2]
-        return Proposals.empty(self.name, (w, h), {"total": time.perf_counter() - t0})
+        w, h = _image_size(rgb, self.max_pixels)
+        return _unscored(np.array([[0, 0, w, h]], np.float32), self.name, (w, h), t0)
+
+
+class GridProposer:
+    """Multi-scale sliding windows (``core.boxes.grid_boxes``): a proposer-free fallback,
+    much weaker than WeDetect; the CLI uses it when no detector checkpoint is given."""
+
+    name = "grid"
+
+    def __init__(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.max_pixels = max_pixels
+
+    def propose(self, rgb: np.ndarray) -> Proposals:
+        t0 = time.perf_counter()
+        w, h = _image_size(rgb, self.max_pixels)
+        return _unscored(grid_boxes(w, h).astype(np.float32), self.name, (w, h), t0)
 
 
 def _vector(values: object, k: int, dtype: type, what: str) -> np.ndarray:
@@ -91,9 +125,7 @@ def _vector(values: object, k: int, dtype: type, what: str) -> np.ndarray:
         raise InputError(f"{what} must be numeric: {exc}") from exc
     if arr.shape[0] != k:
         raise InputError(f"{k} boxes but {arr.shape[0]} {what}")
-    if not np.isfinite(arr).all():
-        raise InputError(f"{what} contain NaN or inf")
-    if dtype is np.int64 and not np.array_equal(arr, np.round(arr)):
+    if dtype is np.int64 and not (np.isfinite(arr).all() and np.array_equal(arr, np.round(arr))):
         raise InputError(f"{what} must be integers")
     return arr.astype(dtype)
 
@@ -103,15 +135,15 @@ class SuppliedBoxesProposer:
 
     Checks (``objembed_ros.core.boxes.validate_boxes``): (N, 4) xyxy, NaN/inf ->
     :class:`InputError`, inverted corners swapped, clipped to [0, W] x [0, H], at most
-    ``max_boxes``. Boxes may be set once (:meth:`set_boxes`, e.g. from a detection topic)
-    or passed with each :meth:`propose` call (which wins).
+    ``max_boxes``. Boxes may be set once (:meth:`set_boxes`) or passed with each
+    :meth:`propose` call (which wins); with neither, no boxes. Scores are the caller's
+    (NaN = none); labels integers (-1 = none). ``name`` becomes ``Proposals.source``.
     """
 
-    name = "supplied"
-
     def __init__(self, boxes: object = None, scores: object = None, labels: object = None,
-                 *, max_boxes: int = 1000,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+                 *, max_boxes: int = 1000, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 name: str = "supplied") -> None:
+        self.name = name
         self.max_boxes = max_boxes
         self.max_pixels = max_pixels
         self._boxes: object = None
@@ -126,14 +158,13 @@ class SuppliedBoxesProposer:
     def propose(self, rgb: np.ndarray, boxes: object = None, scores: object = None,
                 labels: object = None) -> Proposals:
         t0 = time.perf_counter()
-        img = to_rgb_uint8(rgb, self.max_pixels)
-        h, w = img.shape[:2]
+        w, h = _image_size(rgb, self.max_pixels)
         if boxes is None:
             boxes, scores, labels = self._boxes, self._scores, self._labels
         out = validate_boxes(boxes, w, h, max_boxes=self.max_boxes).astype(np.float32)
         k = out.shape[0]
-        sc = (np.ones(k, np.float32) if scores is None
-              else _vector(scores, k, np.float32, "scores"))
+        sc = (np.full(k, np.nan, np.float32) if scores is None
+              else _vector(scores, k, np.float32, "box scores"))
         lb = (np.full(k, -1, np.int64) if labels is None
               else _vector(labels, k, np.int64, "labels"))
         return Proposals(out, sc, lb, self.name, {"total": time.perf_counter() - t0}, (w, h))

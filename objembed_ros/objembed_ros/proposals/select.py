@@ -164,15 +164,3 @@ def per_label_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tenso
         start = end
         chunk = min(2 * chunk, max_chunk)
     return order[kept_idx[:limit]]
-
-
-def torchvision_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
-                    iou_threshold: float = IOU_THRESHOLD, max_keep: int | None = None
-                    ) -> torch.Tensor | None:
-    """The official call (``batched_nms``) when torchvision is importable, else None."""
-    try:
-        from torchvision.ops import batched_nms
-    except Exception:  # not installed, or built against another torch
-        return None
-    keep = batched_nms(boxes.float(), scores.float(), labels, iou_threshold)
-    return keep if max_keep is None else keep[:max_keep]

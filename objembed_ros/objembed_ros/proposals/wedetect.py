@@ -9,8 +9,9 @@ GPU options (``device="cuda"``): ``dtype=torch.float16`` runs the convolutions i
 precision and ``channels_last=True`` changes the memory layout; the contrastive product,
 sigmoid, DFL decoding, top-k and NMS always run in float32. Neither is bit-exact: the GPU
 itself is not (cuDNN may use TF32, which the official code also allows), so expect the same
-boxes up to near-ties in score; tests compare selections on CPU. ``nms="torchvision"``
-(or ``"auto"`` on CUDA when torchvision imports) uses the official ``batched_nms``.
+boxes up to near-ties in score; tests compare selections on CPU. NMS is always ours
+(identical selection to the official ``batched_nms``, see ``select``): torchvision is not
+a dependency.
 """
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ from objembed_ros.proposals.select import (
     PRE_NMS_TOPK,
     per_label_nms,
     topk_candidates,
-    torchvision_nms,
 )
 from objembed_ros.proposals.wedetect_keys import (
     WeDetectCheckpointError,
@@ -55,12 +55,10 @@ class WeDetectProposer:
     def __init__(self, model: WeDetectModel, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, num_proposals: int = 100,
                  input_size: int | None = None, channels_last: bool = False,
-                 nms: str = "auto", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  unused_keys: tuple[str, ...] | list[str] = ()) -> None:
         if num_proposals < 1:
             raise ValueError(f"num_proposals must be >= 1, got {num_proposals}")
-        if nms not in ("auto", "ours", "torchvision"):
-            raise ValueError(f"nms must be 'auto', 'ours' or 'torchvision', got {nms!r}")
         self.device = torch.device(device)
         self.config: WeDetectConfig = model.config
         self.input_size = int(input_size or self.config.input_size)
@@ -69,7 +67,6 @@ class WeDetectProposer:
         self.num_proposals = int(num_proposals)
         self.max_pixels = max_pixels
         self.channels_last = bool(channels_last)
-        self.nms = nms
         self.unused_keys = list(unused_keys)
         self.source = f"wedetect-{self.config.size}"
         model = model.to(self.device).eval().requires_grad_(False)
@@ -89,7 +86,7 @@ class WeDetectProposer:
         ``size`` ("base"/"large") is inferred from tensor shapes when None and checked
         when given. Unused keys are logged once and kept in ``unused_keys``; missing or
         misshapen keys raise :class:`WeDetectCheckpointError` listing them. ``kwargs`` go
-        to the constructor (``input_size``, ``channels_last``, ``nms``, ``max_pixels``).
+        to the constructor (``input_size``, ``channels_last``, ``max_pixels``).
         """
         weights = load_wedetect_state_dict(path, size=size)
         with torch.device("meta"):
@@ -118,16 +115,6 @@ class WeDetectProposer:
         """Letterboxed batch -> boxes [B, A, 4] (letterbox px) and scores [B, A, P], float32."""
         return self.model(x)
 
-    def _nms(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor
-             ) -> tuple[torch.Tensor, str]:
-        if self.nms == "torchvision" or (self.nms == "auto" and boxes.is_cuda):
-            keep = torchvision_nms(boxes, scores, labels, IOU_THRESHOLD, self.num_proposals)
-            if keep is not None:
-                return keep, "torchvision"
-            if self.nms == "torchvision":
-                raise RuntimeError("nms='torchvision' but torchvision cannot be imported")
-        return per_label_nms(boxes, scores, labels, IOU_THRESHOLD, self.num_proposals), "ours"
-
     @torch.inference_mode()
     def select(self, boxes: torch.Tensor, scores: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -144,7 +131,7 @@ class WeDetectProposer:
         cand_scores, anchors, labels = topk_candidates(scores, PRE_NMS_TOPK)
         cand_boxes = boxes[anchors]
         t1 = time.perf_counter()
-        keep, _ = self._nms(cand_boxes, cand_scores, labels)
+        keep = per_label_nms(cand_boxes, cand_scores, labels, IOU_THRESHOLD, self.num_proposals)
         t2 = time.perf_counter()
         return (cand_boxes[keep], cand_scores[keep], labels[keep],
                 {"topk": t1 - t0, "nms": t2 - t1})

@@ -1,30 +1,32 @@
-"""The one object the node and the CLI share: proposer + ObjEmbed encoder + caches.
+"""The Grounder session: the one object the node, the CLI and the replay tool share.
 
 Embed once, query many (like segment-anything's predictor): `encode_frame` runs the
-proposals and ONE ObjEmbed image pass and keeps the frame's object and global embeddings;
-`ground` then costs one text pass (cached by text) plus a matrix product. No ROS here.
+proposer and ONE ObjEmbed image pass and keeps the frame's object and global embeddings;
+`ground` then costs one text pass (cached by text) plus a matrix product in core.scoring.
+No ROS here, and no torch import: the parts come from grounder.build.
 
-Threading: the torch model is used by one thread at a time (a lock around every image and
-text pass, including the proposer). Cached text embeddings are served without the lock, so
-a service call whose queries were seen before never waits behind a frame being encoded.
-Scoring is numpy on cached arrays and needs no lock.
+Threading: the model runs one pass at a time under a ModelLock (grounder.lock): frame
+passes (`encode_frame`, the worker) yield to request passes (text, supplied boxes, query
+image), so a new query waits at most for the pass in progress. Cached text embeddings are
+served without the lock; scoring is numpy on cached arrays and needs no lock.
+
+Errors: InputError (the caller's input), ModelBusy (a deadline passed waiting for the
+model), ModelNotReady (no model loaded), ModelFailure (a pass failed inside the model or
+its runtime; the cause is chained and named in the message).
 """
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from objembed_ros.core.boxes import validate_boxes
 from objembed_ros.core.depth import Intrinsics, Position3D, estimate_position
-from objembed_ros.core.errors import InputError
+from objembed_ros.core.errors import InputError, ModelBusy, ModelFailure, ModelNotReady
 from objembed_ros.core.frames import FrameRing
 from objembed_ros.core.image import check_image
 from objembed_ros.core.results import (
@@ -33,44 +35,20 @@ from objembed_ros.core.results import (
     GroundedBox,
     GroundingResult,
 )
-from objembed_ros.core.scoring import cosine_matrix, grounding_scores, image_scores
+from objembed_ros.core.scoring import cosine_matrix, grounding_scores, host_float32, image_scores
+from objembed_ros.grounder.build import (
+    GrounderConfig,
+    build_parts,
+    build_proposer,
+    supplied_proposer,
+)
+from objembed_ros.grounder.lock import ModelLock
+from objembed_ros.proposals.base import Proposals, Proposer
 
-__all__ = [
-    "CachedFrame", "FrameMatchResult", "GroundedBox", "Grounder", "GrounderBusy",
-    "GrounderConfig", "GroundingResult", "add_positions",
-]
-
-PROPOSERS = ("wedetect", "external", "whole_image")
-DTYPES = ("float32", "bfloat16", "float16")
 TARGET_OBJECT = "object"
 TARGET_IMAGE = "image"
 
-
-class GrounderBusy(TimeoutError):
-    """The model stayed busy (encoding a frame) past the caller's deadline."""
-
-
-@dataclass
-class GrounderConfig:
-    """How to build a Grounder; the node fills it from its parameters."""
-
-    checkpoint: str
-    proposer: str = "wedetect"  # one of PROPOSERS
-    wedetect_checkpoint: str = ""
-    num_proposals: int = 100
-    device: str = "cpu"
-    dtype: str = "float32"  # one of DTYPES
-    attn: str = "auto"
-    max_boxes: int = 300
-    text_cache_size: int = 256
-    frame_cache_size: int = 8  # per camera
-    max_query_tokens: int = 256
-    # Object projector runtime (objembed_ros.accel): falls back tensorrt -> onnxruntime ->
-    # torch with a reason in `Grounder.backend`.
-    projector_backend: str = "torch"  # one of objembed_ros.accel.backends.BACKENDS
-    engine_cache_dir: str = ""  # ONNX exports and TensorRT engines; "" = ~/.cache/objembed_ros
-    allow_engine_build: bool = True  # export/build missing or stale graphs on first use
-    text_cuda_graphs: bool = False  # CUDA only: replay captured graphs for the text pass
+GrounderBusy = ModelBusy  # the name the node and older callers use
 
 
 @dataclass
@@ -100,24 +78,6 @@ class CachedFrame:
         return int(self.boxes.shape[0])
 
 
-class _Proposer(Protocol):
-    def propose(self, rgb: np.ndarray) -> Any: ...
-
-
-def _numpy(x: Any) -> np.ndarray:
-    """torch tensor or array -> float32 numpy on the host."""
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
-
-
-def _embeddings(x: Any, n: int) -> np.ndarray:
-    """(n, D) float32; with no boxes a (0, D) array, never a reshape error."""
-    arr = _numpy(x)
-    dim = arr.shape[-1] if arr.ndim >= 2 else 0
-    return arr.reshape(n, dim) if n else np.zeros((0, dim), np.float32)
-
-
 def _check_rgb(rgb: np.ndarray) -> None:
     """RGB only: the proposer and the encoder treat grey and alpha differently, so the caller
     converts first (the node's convert.image_to_rgb, the CLI's core.resize.to_rgb)."""
@@ -125,69 +85,42 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise InputError(f"image must be HxWx3 RGB, got shape {rgb.shape}")
 
 
+def _encoded_parts(encoded: Any, props: Proposals) -> dict[str, Any]:
+    """The CachedFrame fields one image pass gives, as host float32 arrays."""
+    n = len(props)
+    objects = host_float32(encoded.object_embeddings)
+    dim = objects.shape[-1] if objects.ndim >= 2 else 0
+    return dict(boxes=props.boxes, proposal_scores=props.scores, proposal_source=props.source,
+                object_embeddings=objects.reshape(n, dim) if n else np.zeros((0, dim), np.float32),
+                iou_logits=host_float32(encoded.iou_logits).reshape(-1))
+
+
 class Grounder:
-    """Proposals + ObjEmbed + caches. Build with `Grounder.load(config)`, or pass already
-    built parts (tests, the CLI)."""
+    """Proposer + ObjEmbed encoder + caches. Build with `Grounder.load(config)`, or pass
+    already built parts (tests): `proposer=None` builds the configured one."""
 
-    def __init__(self, encoder: Any, proposer: _Proposer | None, config: GrounderConfig) -> None:
+    def __init__(self, encoder: Any, proposer: Proposer | None, config: GrounderConfig,
+                 backend: str = "projector backend: torch") -> None:
         self.encoder = encoder
-        self.proposer = proposer
         self.config = config
+        self.proposer: Proposer | None = (proposer if proposer is not None
+                                          else build_proposer(config))
+        self.supplied = supplied_proposer(config)  # boxes given with a call
         self.frames: FrameRing[CachedFrame] = FrameRing(max(config.frame_cache_size, 1))
-        self._model_lock = threading.Lock()
+        self.model_lock = ModelLock()
         self.logit_params = encoder.score_params  # the four learned score scalars
-        self.backend = "projector backend: torch"  # what runs the projector, and why
+        self.backend = backend  # what runs the projector, and why
 
-    # -- construction -------------------------------------------------------------------
     @classmethod
     def load(cls, config: GrounderConfig) -> Grounder:
-        """Load the encoder (and WeDetect when asked). Raises FileNotFoundError / ValueError /
-        the encoder's CheckpointError with a message that names the problem."""
-        import torch
-
-        from objembed_ros.encoder.model import ObjEmbedEncoder
-
-        if config.proposer not in PROPOSERS:
-            raise ValueError(f"proposer must be one of {PROPOSERS}, got {config.proposer!r}")
-        if config.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {config.dtype!r}")
-        if not config.checkpoint:
-            raise FileNotFoundError("no ObjEmbed checkpoint given (parameter 'checkpoint')")
-        if not Path(config.checkpoint).is_dir():
-            raise FileNotFoundError(f"ObjEmbed checkpoint directory not found: "
-                                    f"{config.checkpoint}")
-        dtype = getattr(torch, config.dtype)
-        proposer: _Proposer | None = None
-        if config.proposer == "wedetect":
-            if not config.wedetect_checkpoint or not Path(config.wedetect_checkpoint).is_file():
-                raise FileNotFoundError(
-                    f"WeDetect checkpoint file not found: {config.wedetect_checkpoint!r} "
-                    "(parameter 'wedetect_checkpoint'; or set proposer to 'external' or "
-                    "'whole_image')")
-            from objembed_ros.proposals.wedetect import WeDetectProposer
-
-            # WeDetect runs in float32 on CPU; half precision only on CUDA.
-            det_dtype = dtype if config.device.startswith("cuda") else torch.float32
-            proposer = WeDetectProposer.from_checkpoint(
-                config.wedetect_checkpoint, device=config.device, dtype=det_dtype,
-                num_proposals=config.num_proposals)
-        encoder = ObjEmbedEncoder.from_pretrained(
-            config.checkpoint, device=config.device, dtype=dtype, attn=config.attn,
-            max_boxes=config.max_boxes, text_cache_size=config.text_cache_size)
-        grounder = cls(encoder, proposer, config)
-        if config.projector_backend != "torch":
-            cache_dir = config.engine_cache_dir or str(
-                Path.home() / ".cache" / "objembed_ros" / "engines")
-            grounder.backend = encoder.set_projector_backend(
-                config.projector_backend, cache_dir=cache_dir,
-                allow_build=config.allow_engine_build).describe()
-        if config.text_cuda_graphs:
-            encoder.enable_text_cuda_graphs(True)
-        return grounder
+        """Build the encoder, the proposer and the accel hooks (grounder.build). Raises
+        FileNotFoundError / ValueError / the encoder's CheckpointError naming the problem."""
+        encoder, proposer, backend = build_parts(config)
+        return cls(encoder, proposer, config, backend)
 
     def close(self) -> None:
         """Drop the model and caches (lifecycle cleanup); frees CUDA memory when used."""
-        with self._model_lock:
+        with self.model_lock.hold(request=True):
             self.frames.clear()
             if self.encoder is not None:
                 self.encoder.text_cache.clear()
@@ -201,19 +134,26 @@ class Grounder:
         except Exception:  # torch missing or CUDA unusable: nothing to free
             pass
 
-    # -- the model lock -----------------------------------------------------------------
+    # -- the model ------------------------------------------------------------------------
+    def _encoder(self) -> Any:
+        encoder = self.encoder
+        if encoder is None:
+            raise ModelNotReady("model not loaded")
+        return encoder
+
     @contextmanager
-    def _locked(self, deadline: float | None) -> Iterator[None]:
-        """Hold the model lock; GrounderBusy when it is not free before the deadline."""
-        timeout = -1 if deadline is None else max(deadline - time.monotonic(), 0.0)
-        if not self._model_lock.acquire(timeout=timeout):
-            raise GrounderBusy("timeout: the model is busy encoding a frame")
-        try:
-            if self.encoder is None:
-                raise RuntimeError("model not loaded")
-            yield
-        finally:
-            self._model_lock.release()
+    def _pass(self, what: str, request: bool, deadline: float | None) -> Iterator[Any]:
+        """Hold the model for one pass and yield the encoder. ModelBusy past the deadline,
+        ModelNotReady when none is loaded; any other failure inside becomes ModelFailure."""
+        self._encoder()  # fail fast instead of waiting for the lock
+        with self.model_lock.hold(request, deadline):
+            encoder = self._encoder()  # closed while this caller waited
+            try:
+                yield encoder
+            except (InputError, ModelBusy, ModelNotReady):
+                raise
+            except Exception as exc:
+                raise ModelFailure(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
     # -- image pass -----------------------------------------------------------------------
     def encode_frame(self, rgb: np.ndarray, stamp_ns: int = 0, camera: str = "",
@@ -221,48 +161,29 @@ class Grounder:
                      meta: Any = None, cache: bool = True) -> CachedFrame:
         """Proposals (or the given boxes) + one ObjEmbed pass -> a CachedFrame.
 
-        boxes: (N, 4) xyxy source pixels from another detector; when None the configured
-        proposer runs ('external' without boxes encodes no boxes: image-level only).
+        boxes: (N, 4) xyxy source pixels from another detector (box_scores: theirs, NaN for
+        none); when None the configured proposer runs ('external' then gives no boxes:
+        image-level only). A frame pass: it waits for pending request passes.
         cache: add the frame to this Grounder's per-camera ring.
         """
         _check_rgb(rgb)
         h, w = rgb.shape[:2]
-        timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        with self._locked(None):
+        with self._pass("image pass", request=False, deadline=None) as encoder:
             if boxes is not None:
-                boxes_arr = validate_boxes(boxes, w, h, self.config.max_boxes).astype(np.float32)
-                scores = (np.full(len(boxes_arr), np.nan, np.float32) if box_scores is None
-                          else np.asarray(box_scores, np.float32).reshape(-1))
-                source = "external"
-            elif self.config.proposer == "whole_image" or self.proposer is None:
-                boxes_arr = (np.array([[0, 0, w, h]], np.float32)
-                             if self.config.proposer == "whole_image"
-                             else np.zeros((0, 4), np.float32))
-                scores = np.full(len(boxes_arr), np.nan, np.float32)
-                source = self.config.proposer
+                props = self.supplied.propose(rgb, boxes, box_scores)
             else:
-                props = self.proposer.propose(rgb)
-                boxes_arr = np.asarray(props.boxes, np.float32).reshape(-1, 4)
-                scores = np.asarray(props.scores, np.float32).reshape(-1)
-                source = props.source
-            if scores.shape[0] != boxes_arr.shape[0]:  # before the pass, not after it
-                raise InputError(f"{boxes_arr.shape[0]} boxes but {scores.shape[0]} box scores")
+                props = self.proposer.propose(rgb)  # type: ignore[union-attr]
             t1 = time.perf_counter()
-            encoded = self.encoder.encode_image(rgb, boxes_arr)
+            encoded = encoder.encode_image(rgb, props.boxes)
             t2 = time.perf_counter()
-        timings["proposals"] = t1 - t0
-        timings["encode"] = t2 - t1
+        timings = {"proposals": t1 - t0, "encode": t2 - t1}
         for key, value in encoded.timings.items():
             timings[f"encoder.{key}"] = float(value)
         frame = CachedFrame(
             camera=camera, stamp_ns=int(stamp_ns), rgb=rgb, image_size=(w, h),
-            boxes=boxes_arr, proposal_scores=scores,
-            object_embeddings=_embeddings(encoded.object_embeddings, len(boxes_arr)),
-            iou_logits=_numpy(encoded.iou_logits).reshape(-1),
-            global_embeddings=_numpy(encoded.global_embeddings),
-            proposal_source=source, timings=timings, meta=meta,
-        )
+            global_embeddings=host_float32(encoded.global_embeddings), timings=timings,
+            meta=meta, **_encoded_parts(encoded, props))
         if cache:
             self.frames.add(camera, frame.stamp_ns, frame)
         return frame
@@ -286,23 +207,21 @@ class Grounder:
 
     def count_tokens(self, text: str) -> int:
         """Tokens of the user text (the tokenizer is thread-safe and needs no model lock)."""
-        if self.encoder is None:
-            raise RuntimeError("model not loaded")
-        return len(self.encoder.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self._encoder().tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def text_embeddings(self, texts: Sequence[str], target: str = TARGET_OBJECT,
                         deadline: float | None = None) -> np.ndarray:
         """(Q, D) float32 embeddings.
 
         Texts already in the encoder's (thread-safe) text cache are served without the model
-        lock, so a query repeated during a frame pass never waits behind inference.
+        lock, so a query repeated during a frame pass never waits behind inference; others
+        run one text pass, which goes before the next frame pass.
         """
-        cache = self.encoder.text_cache
-        hits = [cache.get((target, t)) for t in texts]
+        hits = [self._encoder().text_cache.get((target, t)) for t in texts]
         if any(h is None for h in hits):
-            with self._locked(deadline):
-                return _numpy(self.encoder.encode_text(list(texts), target=target))
-        return np.stack([_numpy(h) for h in hits]) if hits else np.zeros((0, 0), np.float32)
+            with self._pass("text pass", request=True, deadline=deadline) as encoder:
+                return host_float32(encoder.encode_text(list(texts), target=target))
+        return np.stack([host_float32(h) for h in hits]) if hits else np.zeros((0, 0), np.float32)
 
     def text_cache_stats(self) -> dict[str, int]:
         return self.encoder.text_cache.stats() if self.encoder is not None else {}
@@ -311,7 +230,12 @@ class Grounder:
     def ground(self, texts: Sequence[str], frame: CachedFrame, top_k: int = 0,
                min_score: float = 0.0, deadline: float | None = None,
                with_image_score: bool = False) -> list[GroundingResult]:
-        """Per query, the frame's boxes sorted by score (top_k <= 0 keeps all)."""
+        """Per query, the frame's boxes sorted by score (top_k <= 0 keeps all).
+
+        with_image_score: also the query's whole-frame match, the official image retrieval
+        probability of its <global_text> embedding against the frame's coarse <global>
+        (spec section 6); one more text pass per new query. NaN otherwise.
+        """
         queries = self.check_queries(texts)
         text = self.text_embeddings(queries, TARGET_OBJECT, deadline)
         image = None
@@ -323,26 +247,21 @@ class Grounder:
     def ground_boxes(self, texts: Sequence[str], frame: CachedFrame, boxes: np.ndarray,
                      top_k: int = 0, min_score: float = 0.0,
                      deadline: float | None = None) -> list[GroundingResult]:
-        """Score caller-supplied boxes: one image pass on the cached frame's pixels."""
+        """Score caller-supplied boxes: one image pass (a request pass) on the cached
+        frame's pixels; the objects carry proposal_index -1."""
         queries = self.check_queries(texts)
-        w, h = frame.image_size
-        boxes_arr = validate_boxes(boxes, w, h, self.config.max_boxes).astype(np.float32)
+        props = self.supplied.propose(frame.rgb, boxes)
         text = self.text_embeddings(queries, TARGET_OBJECT, deadline)
-        with self._locked(deadline):
-            encoded = self.encoder.encode_image(frame.rgb, boxes_arr)
-        supplied = CachedFrame(
-            camera=frame.camera, stamp_ns=frame.stamp_ns, rgb=frame.rgb,
-            image_size=frame.image_size, boxes=boxes_arr,
-            proposal_scores=np.full(len(boxes_arr), np.nan, np.float32),
-            object_embeddings=_embeddings(encoded.object_embeddings, len(boxes_arr)),
-            iou_logits=_numpy(encoded.iou_logits).reshape(-1),
-            global_embeddings=frame.global_embeddings, proposal_source="supplied",
-            meta=frame.meta)
+        with self._pass("image pass", request=True, deadline=deadline) as encoder:
+            encoded = encoder.encode_image(frame.rgb, props.boxes)
+        supplied = replace(frame, timings={}, **_encoded_parts(encoded, props))
         return self._score(queries, text, supplied, top_k, min_score, None, proposal_index=False)
 
     def _score(self, queries: list[str], text: np.ndarray, frame: CachedFrame, top_k: int,
                min_score: float, image_score: np.ndarray | None,
                proposal_index: bool) -> list[GroundingResult]:
+        if math.isnan(min_score):
+            raise InputError("min_score is NaN")
         p = self.logit_params
         n = frame.num_boxes
         if n:
@@ -374,15 +293,16 @@ class Grounder:
 
     # -- image-level retrieval ------------------------------------------------------------
     def image_match(self, image_text: np.ndarray, globals_: np.ndarray) -> np.ndarray:
+        """(Q, M) official image-retrieval probabilities (spec section 6)."""
         p = self.logit_params
         return image_scores(image_text, globals_, p.logit_image_log_scale, p.logit_image_bias)
 
     def encode_query_image(self, rgb: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """(D,) coarse global embedding of an image used as a query (the official image-query
-        prompt, no boxes)."""
+        prompt, no boxes); a request pass."""
         _check_rgb(rgb)
-        with self._locked(deadline):
-            return _numpy(self.encoder.encode_image_query(rgb)).reshape(-1)
+        with self._pass("image query pass", request=True, deadline=deadline) as encoder:
+            return host_float32(encoder.encode_image_query(rgb)).reshape(-1)
 
     def find_frames(self, *, text: str | None = None, image: np.ndarray | None = None,
                     frame: CachedFrame | None = None, camera: str | None = None,
