@@ -10,8 +10,7 @@ Without ``--checkpoint`` the weights are random with the real shapes, built in m
 + neck + head), ``decode`` (DFL, priors, sigmoid), ``topk`` (top-30000), ``nms`` (ours,
 stopping at ``num_proposals``), ``nms_all`` (ours, resolving all 30000 like the official),
 ``nms_loop`` (a straightforward port of the official per-label greedy loop in torch, the
-~0.8 s per image the issue quotes), ``nms_torchvision`` (the official call, when
-torchvision is importable), ``total`` (``propose()`` end to end) and, with ``--onnx``,
+~0.8 s per image the issue quotes), ``total`` (``propose()`` end to end) and, with ``--onnx``,
 ``onnxruntime_dense`` (the exported model + decode on onnxruntime's CPU provider).
 Median and p90 in ms.
 """
@@ -34,7 +33,6 @@ from timing import cuda_sync, summarize
 from objembed_ros.proposals.select import (
     per_label_nms,
     topk_candidates,
-    torchvision_nms,
 )
 from objembed_ros.proposals.wedetect import WeDetectProposer
 from objembed_ros.proposals.wedetect_model import WeDetectConfig, WeDetectModel
@@ -66,7 +64,7 @@ def official_style_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.
 def build_proposer(args: argparse.Namespace) -> WeDetectProposer:
     dtype = torch.float16 if args.fp16 else torch.float32
     kwargs = dict(device=args.device, dtype=dtype, input_size=args.input_size,
-                  channels_last=args.channels_last, nms=args.nms)
+                  channels_last=args.channels_last)
     if args.checkpoint:
         return WeDetectProposer.from_checkpoint(args.checkpoint, **kwargs)
     from objembed_ros.testing.tiny_wedetect import make_wedetect_state_dict
@@ -89,7 +87,6 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--fp16", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--nms", choices=["auto", "ours", "torchvision"], default="auto")
     ap.add_argument("--repeats", type=int, default=2, help="passes over the 3 photos")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-loop", action="store_true", help="skip the slow official-style NMS")
@@ -137,8 +134,6 @@ def main() -> int:
                     same_as_loop &= bool(torch.equal(torch.sort(ref).values,
                                                      torch.sort(full).values))
                     same_as_loop &= bool(torch.equal(ref[:len(ours)], ours))
-                if torchvision_nms(cb[:1], cs[:1], labels[:1]) is not None:
-                    timed("nms_torchvision", torchvision_nms, cb, cs, labels, 0.7, None)
                 timed("total", prop.propose, img)
     if args.onnx:
         import tempfile

@@ -34,6 +34,8 @@ from bench_encoder import build_real_shapes  # noqa: E402  (reuse the 2B/4B shap
 from official_style import OfficialStylePath  # noqa: E402
 from timing import cuda_sync, summarize  # noqa: E402
 
+from objembed_ros.accel.cuda_graphs import install_text_graphs  # noqa: E402
+from objembed_ros.accel.projector_runtime import install_projector_backend  # noqa: E402
 from objembed_ros.encoder.model import ObjEmbedEncoder  # noqa: E402
 from objembed_ros.testing.tiny_objembed import make_tiny_objembed_checkpoint  # noqa: E402
 
@@ -171,7 +173,7 @@ def run_config(label: str, enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndar
     notes: dict[str, str] = {}
     for name in backends:
         try:
-            choice = enc.set_projector_backend(name, cache_dir=cache, allow_build=True,
+            choice = install_projector_backend(enc, name, cache_dir=cache, allow_build=True,
                                                model=label)
         except Exception as exc:  # an unavailable engine is reported, not fatal
             notes[name] = f"unavailable: {exc}"
@@ -180,11 +182,11 @@ def run_config(label: str, enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndar
             notes[name] = choice.describe()
             continue
         if args.cuda_graphs and enc.device.type == "cuda":
-            enc.enable_text_cuda_graphs(True)
+            install_text_graphs(enc, True)
         raw = time_ours(enc, rgb, boxes, proposer, args.warmup, args.runs)
-        enc.enable_text_cuda_graphs(False)
+        install_text_graphs(enc, False)
         columns[f"ours/{name}"] = {k: summarize(v) for k, v in raw.items()}
-    enc.set_projector_backend("torch")
+    install_projector_backend(enc, "torch")
     if not args.skip_official:
         raw = time_official(OfficialStylePath(enc), rgb, boxes, proposer, args.warmup, args.runs)
         columns["official-style"] = {k: summarize(v) for k, v in raw.items()}

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from objembed_ros.accel.cuda_graphs import install_text_graphs
 from objembed_ros.accel.onnx_export import (
     IOU_INPUTS,
     PROJECTOR_INPUTS,
@@ -28,6 +29,7 @@ from objembed_ros.accel.projector_runtime import (
     OrtProjectorRuntime,
     ProjectorBackend,
     TorchProjectorRuntime,
+    install_projector_backend,
 )
 from objembed_ros.core.resize import smart_resize
 from objembed_ros.encoder.model import ObjEmbedEncoder
@@ -151,7 +153,7 @@ def test_encode_image_onnxruntime_equals_torch(tiny_objembed_dir: Path, tmp_path
                       [400.5, 100.25, 410.0, 330.0]])
     ref = [enc.encode_image(rgb, b) for b in (boxes, np.zeros((0, 4)))]
     with caplog.at_level(logging.INFO, logger="objembed_ros.accel.projector_runtime"):
-        choice = enc.set_projector_backend("onnxruntime", cache_dir=tmp_path, model="tiny")
+        choice = install_projector_backend(enc, "onnxruntime", cache_dir=tmp_path, model="tiny")
     assert choice.chosen == "onnxruntime" and enc.projector_backend is not None
     got = [enc.encode_image(rgb, b) for b in (boxes, np.zeros((0, 4)))]
     grid = (ref[0].resized_size[1] // 32, ref[0].resized_size[0] // 32)
@@ -164,7 +166,7 @@ def test_encode_image_onnxruntime_equals_torch(tiny_objembed_dir: Path, tmp_path
             if a.numel():
                 assert float((a - b).abs().max()) < TOL, name
     assert got[1].object_embeddings.shape[0] == 0
-    assert enc.set_projector_backend("torch").chosen == "torch"
+    assert install_projector_backend(enc, "torch").chosen == "torch"
     assert enc.projector_backend is None
 
 
@@ -263,7 +265,7 @@ def test_text_cuda_graphs_match_eager(tiny_objembed_dir: Path) -> None:  # pragm
     texts = ["the red cup", "a black dog", "the man wearing a hat"]
     ref = enc.encode_text(texts)
     enc.text_cache.clear()
-    assert enc.enable_text_cuda_graphs(True)
+    assert install_text_graphs(enc, True)
     got = enc.encode_text(texts)
     enc.text_cache.clear()
     again = enc.encode_text(texts[:1])  # replay of another bucket, then the same again

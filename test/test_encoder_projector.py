@@ -9,7 +9,7 @@ import torch
 
 from objembed_ros.encoder import projector as projector_module
 from objembed_ros.encoder.projector import ObjectProjector, sine_embedding
-from objembed_ros.encoder.roi_align import roi_align_reference
+from objembed_ros.testing.roi_align_reference import roi_align_reference
 
 STORED_KEYS = {
     "model.image_pos_projector.0.weight", "model.image_pos_projector.0.bias",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from objembed_ros.proposals.select import per_label_nms, topk_candidates, torchvision_nms
+from objembed_ros.proposals.select import per_label_nms, topk_candidates
 
 
 def reference_batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
@@ -178,16 +178,3 @@ def test_topk_candidates_matches_flatten_sort_reference() -> None:
     vals, anchors, labels = topk_candidates(torch.from_numpy(scores), k=10**6)
     assert len(vals) == len(valid) and bool((vals > 0).all())
     assert (3, 4) not in set(zip(anchors.tolist(), labels.tolist(), strict=True))
-
-
-@pytest.mark.skipif(torchvision_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0).long())
-                    is None, reason="torchvision is not installed (optional, CUDA path)")
-def test_agrees_with_torchvision_batched_nms() -> None:
-    boxes, scores, labels = clustered_boxes(60, 40, 6, seed=7)
-    tb, ts, tl = torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels)
-    tv = torchvision_nms(tb, ts, tl, 0.7)
-    assert np.array_equal(per_label_nms(tb, ts, tl, 0.7).numpy(), tv.numpy())
-    if torch.cuda.is_available():
-        cuda = torchvision_nms(tb.cuda(), ts.cuda(), tl.cuda(), 0.7).cpu()
-        ours = per_label_nms(tb.cuda(), ts.cuda(), tl.cuda(), 0.7).cpu()
-        assert np.array_equal(ours.numpy(), cuda.numpy())

@@ -5,29 +5,32 @@ Examples::
     objembed-ground --checkpoint model/ObjEmbed-2B --image a.jpg --query "the red cup" \\
         --wedetect-checkpoint model/wedetect_base_uni.pth --top-k 3 --out r.json --overlay o.png
     objembed-ground --checkpoint DIR --image a.jpg b.jpg --query "a dog" --boxes boxes.json
-    objembed-ground --demo        # tiny random checkpoint + a scikit-image photo
 
-Box proposals, in order of precedence: ``--boxes`` (JSON: a list of [x1,y1,x2,y2] for every
-image, or an object mapping image path -> list); ``--proposer wedetect`` (needs
-``--wedetect-checkpoint``; implied when that flag is given); ``--proposer whole-image``
-(one box = the image); otherwise ``--proposer grid``: a documented multi-scale
-sliding-window grid (``core.boxes.grid_boxes``), a proposer-free fallback that is much
-weaker than WeDetect and is labelled as such in the output.
+The same Grounder as the node (grounder.build + grounder.session): each image is encoded
+once, each query is one cached text pass plus core.scoring. Box proposals, in order of
+precedence: ``--boxes`` (JSON: a list of [x1,y1,x2,y2] for every image, or an object
+mapping image path -> list); ``--proposer wedetect`` (needs ``--wedetect-checkpoint``;
+implied when that flag is given); ``--proposer whole-image`` (one box = the image);
+otherwise ``--proposer grid``: a documented multi-scale sliding-window grid
+(``proposals.base.GridProposer``), a proposer-free fallback that is much weaker than
+WeDetect and is labelled as such in the output. ``python -m objembed_ros.demo
+--offline-only`` runs this on tiny random checkpoints.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from objembed_ros.core.overlay import OverlayBox
+from objembed_ros.core.overlay import draw_overlay as render_overlay
+
 UNTRAINED_BANNER = "UNTRAINED random weights - scores are meaningless"
-DEMO_QUERIES = ("a person in a white space suit", "the american flag", "a helmet")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,8 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--max-boxes", type=int, default=300)
-    p.add_argument("--demo", action="store_true",
-                   help="build a tiny random checkpoint and run on a bundled photo")
+    p.add_argument("--untrained", action="store_true",
+                   help="label every output as coming from untrained random weights (demo)")
     return p
 
 
@@ -75,37 +78,25 @@ def _supplied_boxes(spec: Path, images: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 class _BoxSource:
-    """Which boxes each image gets: supplied (--boxes), WeDetect, whole image, or the grid
-    fallback. ``proposer`` is what the Grounder runs itself (None: boxes are passed in)."""
+    """Which boxes each image gets: supplied (--boxes, passed with each frame) or the
+    Grounder's own proposer (WeDetect, whole image, grid)."""
 
     def __init__(self, args: argparse.Namespace, names: Sequence[str]) -> None:
         self.kind = args.proposer or ("wedetect" if args.wedetect_checkpoint else "grid")
         self.supplied = _supplied_boxes(args.boxes, names) if args.boxes else None
         if self.supplied is not None:
             self.kind = "supplied"
-        self.proposer: Any = None
-        if self.kind == "wedetect":
-            if args.wedetect_checkpoint is None:
-                raise SystemExit("--proposer wedetect needs --wedetect-checkpoint")
-            from objembed_ros.proposals.wedetect import WeDetectProposer  # lazy: torch model
-
-            self.proposer = WeDetectProposer.from_checkpoint(args.wedetect_checkpoint,
-                                                             device=args.device)
+        if self.kind == "wedetect" and args.wedetect_checkpoint is None:
+            raise SystemExit("--proposer wedetect needs --wedetect-checkpoint")
 
     @property
     def grounder_proposer(self) -> str:
         """The GrounderConfig.proposer value for this source."""
-        return {"wedetect": "wedetect", "whole-image": "whole_image"}.get(self.kind, "external")
+        return {"supplied": "external", "whole-image": "whole_image"}.get(self.kind, self.kind)
 
-    def boxes_for(self, name: str, rgb: np.ndarray) -> np.ndarray | None:
+    def boxes_for(self, name: str) -> np.ndarray | None:
         """Boxes to pass to the Grounder, or None when its own proposer runs."""
-        from objembed_ros.core.boxes import grid_boxes
-
-        if self.supplied is not None:
-            return self.supplied[name]
-        if self.kind == "grid":
-            return grid_boxes(rgb.shape[1], rgb.shape[0])
-        return None
+        return None if self.supplied is None else self.supplied[name]
 
     @property
     def label(self) -> str:
@@ -123,7 +114,7 @@ def ground(grounder: Any, images: Sequence[tuple[str, np.ndarray]], queries: Seq
     if untrained:
         out["warning"] = UNTRAINED_BANNER
     for index, (name, rgb) in enumerate(images):
-        frame = grounder.encode_frame(rgb, index, name, boxes=boxes.boxes_for(name, rgb),
+        frame = grounder.encode_frame(rgb, index, name, boxes=boxes.boxes_for(name),
                                       cache=False)
         entry: dict[str, Any] = {"image": name, "size": list(frame.image_size),
                                  "num_boxes": int(len(frame.boxes)),
@@ -140,27 +131,16 @@ def ground(grounder: Any, images: Sequence[tuple[str, np.ndarray]], queries: Seq
 
 
 def draw_overlay(rgb: np.ndarray, entry: dict[str, Any], path: Path, untrained: bool) -> None:
-    """The best box of every query on the image, labelled with query and score."""
-    from PIL import Image, ImageDraw
+    """The best box of every query on the image (core.overlay, as the node's debug image),
+    labelled with query and score, written as PNG."""
+    from PIL import Image
 
-    image = Image.fromarray(rgb).convert("RGB")
-    draw = ImageDraw.Draw(image)
-    colours = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
-    for qi, res in enumerate(entry["results"]):
-        if not res["top"]:
-            continue
-        best = res["top"][0]
-        colour = colours[qi % len(colours)]
-        x1, y1, x2, y2 = best["box"]
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=3)
-        label = f"{res['query']}: {best['score']:.3f}"
-        tx, ty = x1 + 2, max(y1 - 12, 0)
-        draw.rectangle([tx - 2, ty, tx + 6 * len(label) + 2, ty + 11], fill=colour)
-        draw.text((tx, ty), label, fill=(255, 255, 255))
-    if untrained:
-        draw.text((4, image.height - 14), UNTRAINED_BANNER, fill=(255, 0, 0))
+    groups = [[OverlayBox(tuple(res["top"][0]["box"]),  # type: ignore[arg-type]
+                          f"{res['query']} {res['top'][0]['score']:.3f}")]
+              if res["top"] else [] for res in entry["results"]]
+    drawn = render_overlay(rgb, groups, banner=UNTRAINED_BANNER if untrained else None)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    Image.fromarray(drawn).save(path)
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -184,29 +164,17 @@ def _table(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.checkpoint is None or not args.image or not args.query:
+        _parser().error("--checkpoint, --image and --query are required")
     import torch
 
-    from objembed_ros.core.errors import InputError
+    from objembed_ros.core.errors import InputError, ModelFailure
     from objembed_ros.core.resize import to_rgb
     from objembed_ros.encoder.checkpoint import CheckpointError
-    from objembed_ros.encoder.model import ObjEmbedEncoder
     from objembed_ros.grounder import Grounder, GrounderConfig
+    from objembed_ros.proposals.wedetect_keys import WeDetectCheckpointError
 
-    tmp: tempfile.TemporaryDirectory | None = None
-    untrained = False
     images: list[tuple[str, np.ndarray]] = []
-    if args.demo:
-        from skimage import data
-
-        from objembed_ros.testing.tiny_objembed import make_tiny_objembed_checkpoint
-
-        tmp = tempfile.TemporaryDirectory(prefix="objembed_demo_")
-        args.checkpoint = make_tiny_objembed_checkpoint(Path(tmp.name) / "tiny")
-        images = [("skimage.data.astronaut", np.ascontiguousarray(data.astronaut()))]
-        args.query = args.query or list(DEMO_QUERIES)
-        untrained = True
-    if args.checkpoint is None or not (images or args.image) or not args.query:
-        _parser().error("--checkpoint, --image and --query are required (or use --demo)")
     for path in args.image:
         try:
             images.append((str(path), load_image(path)))
@@ -216,21 +184,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     try:
-        encoder = ObjEmbedEncoder.from_pretrained(args.checkpoint, device=device,
-                                                  dtype=getattr(torch, dtype_name),
-                                                  max_boxes=args.max_boxes)
         source = _BoxSource(args, [n for n, _ in images])
-        grounder = Grounder(encoder, source.proposer, GrounderConfig(
+        grounder = Grounder.load(GrounderConfig(
             checkpoint=str(args.checkpoint), proposer=source.grounder_proposer,
-            max_boxes=args.max_boxes, max_query_tokens=1 << 20))
+            wedetect_checkpoint=str(args.wedetect_checkpoint or ""), device=args.device,
+            dtype=dtype_name, max_boxes=args.max_boxes, max_query_tokens=1 << 20))
         images = [(name, to_rgb(rgb)) for name, rgb in images]
-        result = ground(grounder, images, args.query, source, args.top_k, untrained)
-    except (CheckpointError, InputError) as exc:
+        result = ground(grounder, images, args.query, source, args.top_k, args.untrained)
+    except (CheckpointError, WeDetectCheckpointError, FileNotFoundError, InputError,
+            ModelFailure) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     print(_table(result))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, ((_, rgb), entry) in enumerate(zip(images, result["images"], strict=True)):
             path = args.overlay if len(images) == 1 else args.overlay.with_name(
                 f"{args.overlay.stem}_{i}{args.overlay.suffix}")
-            draw_overlay(rgb, entry, path, untrained)
+            draw_overlay(rgb, entry, path, args.untrained)
     return 0
 
 

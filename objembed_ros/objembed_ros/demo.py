@@ -9,6 +9,9 @@ initialised checkpoints in the official formats (ObjEmbed directory, original We
 2. starts the GroundingNode through the launcher (as `objembed-launch` does), streams the
    photo on its image topic, and asks `~/ground` for the same queries, printing the answer.
 
+Demo code, not production: it builds its tiny checkpoints with objembed_ros.testing (the
+test-support package, which the node and the CLI never import).
+
 Give real weights to see real groundings:
     python -m objembed_ros.demo --checkpoint /models/ObjEmbed-2B \\
         --wedetect /models/wedetect_base.pth
@@ -24,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from objembed_ros.cli import UNTRAINED_BANNER as UNTRAINED
+
 QUERIES = ("a person in a white space suit", "the american flag", "a helmet")
-UNTRAINED = "UNTRAINED random weights - scores are meaningless"
 
 
 def _demo_models(folder: Path) -> tuple[Path, Path]:
@@ -42,13 +46,14 @@ def _demo_models(folder: Path) -> tuple[Path, Path]:
     return objembed, wedetect
 
 
-def run_offline(checkpoint: Path, wedetect: Path, photo: Path, out_dir: Path) -> int:
+def run_offline(checkpoint: Path, wedetect: Path, photo: Path, out_dir: Path,
+                untrained: bool = False) -> int:
     from objembed_ros.cli import main as cli_main
 
     args = ["--checkpoint", str(checkpoint), "--wedetect-checkpoint", str(wedetect),
             "--proposer", "wedetect", "--image", str(photo), "--top-k", "3",
             "--out", str(out_dir / "demo_results.json"),
-            "--overlay", str(out_dir / "demo_overlay.png")]
+            "--overlay", str(out_dir / "demo_overlay.png")] + (["--untrained"] * untrained)
     for q in QUERIES:
         args += ["--query", q]
     return cli_main(args)
@@ -140,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rgb = np.asarray(PILImage.open(args.image).convert("RGB"))
 
     print(f"\n== 1/2 offline: objembed-ground on {args.image}")
-    rc = run_offline(checkpoint, wedetect, args.image, out_dir)
+    rc = run_offline(checkpoint, wedetect, args.image, out_dir, untrained)
     if rc != 0 or args.offline_only:
         return rc
     print("\n== 2/2 the ROS 2 grounding node (started through objembed-launch's launcher)")

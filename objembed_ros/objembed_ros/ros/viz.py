@@ -1,5 +1,6 @@
 """Visual debugging output, apart from inference: rviz markers for grounded objects with 3D,
-and a 2D overlay image. The node calls these only when someone subscribes."""
+and a 2D overlay image (drawn by the one renderer, core.overlay). The node calls these only
+when someone subscribes."""
 from __future__ import annotations
 
 import math
@@ -11,18 +12,13 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from objembed_msgs.msg import GroundedObjectArray
+from objembed_ros.core import overlay
+from objembed_ros.core.overlay import colour
 
-# Distinct colours (RGB 0-255), one per query in request order.
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-)
+__all__ = ["clear_markers", "colour", "draw_overlay", "markers_for"]
+
 MIN_MARKER_SIZE = 0.01  # metres: rviz hides zero-thickness cubes
 TEXT_HEIGHT = 0.06  # metres
-
-
-def colour(index: int) -> tuple[int, int, int]:
-    return PALETTE[index % len(PALETTE)]
 
 
 def _duration(seconds: float) -> Duration:
@@ -84,26 +80,15 @@ def clear_markers(header: Header | None = None) -> MarkerArray:
 
 def draw_overlay(rgb: np.ndarray, arrays: Sequence[GroundedObjectArray],
                  max_per_query: int = 5) -> np.ndarray:
-    """The image with each query's best boxes, labels and scores drawn on it (a copy)."""
-    from PIL import Image as PILImage
-    from PIL import ImageDraw
-
-    img = PILImage.fromarray(np.ascontiguousarray(rgb[..., :3]), "RGB")
-    draw = ImageDraw.Draw(img)
-    width = max(1, round(min(img.size) / 240))
-    for qi, arr in enumerate(arrays):
-        fill = colour(qi)
+    """The image with each query's best boxes, labels ("label score [z m]") drawn on it
+    (a copy)."""
+    groups = []
+    for arr in arrays:
+        items = []
         for obj in list(arr.objects)[:max_per_query]:
-            if not all(math.isfinite(v) for v in (obj.x1, obj.y1, obj.x2, obj.y2)):
-                continue
-            x1, y1 = obj.x1, obj.y1
-            x2, y2 = max(obj.x2 - 1, x1), max(obj.y2 - 1, y1)  # last covered pixel
-            draw.rectangle((x1, y1, x2, y2), outline=fill, width=width)
             label = f"{obj.label} {obj.score:.2f}"
             if obj.position_valid:
                 label += f" {obj.position.z:.2f}m"
-            left, top, right, bottom = draw.textbbox((x1, y1), label)
-            ty = y1 - (bottom - top) - 2 if y1 - (bottom - top) - 2 >= 0 else y1
-            draw.rectangle((x1, ty, x1 + (right - left) + 2, ty + (bottom - top) + 2), fill=fill)
-            draw.text((x1 + 1, ty), label, fill=(0, 0, 0))
-    return np.asarray(img)
+            items.append(overlay.OverlayBox((obj.x1, obj.y1, obj.x2, obj.y2), label))
+        groups.append(items)
+    return overlay.draw_overlay(rgb, groups)
