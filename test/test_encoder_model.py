@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from objembed_ros import EncodedFrame, InputError, ObjEmbedEncoder, score_images, score_objects
+from objembed_ros import EncodedFrame, InputError, ObjEmbedEncoder, grounding_scores
 from objembed_ros.core.resize import smart_resize
+from objembed_ros.encoder import prompts
 from objembed_ros.encoder.roi_align import roi_align
 from objembed_ros.testing.tiny_objembed import make_tiny_objembed_checkpoint
 
@@ -50,8 +51,9 @@ def _official_sine(pos: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def official_style_pass(enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndarray,
-                        layout: int) -> dict[str, torch.Tensor]:
-    """Re-implements the official inference with transformers doing the LM wiring."""
+                        layout: int, user_text: str | None = None) -> dict[str, torch.Tensor]:
+    """Re-implements the official inference with transformers doing the LM wiring.
+    user_text replaces the whole text after the image (the image-query prompt)."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
     qwen, proj, tok = enc.qwen, enc.projector, enc.tokenizer
@@ -71,8 +73,9 @@ def official_style_pass(enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndarray
     else:
         obj_str = ("The coarse global image is <global>. " + obj_str
                    + " The detailed global image is <global>. ")
+    text = LOCATE + obj_str if user_text is None else user_text
     messages = [{"role": "user", "content": [{"type": "image"},
-                                             {"type": "text", "text": LOCATE + obj_str}]}]
+                                             {"type": "text", "text": text}]}]
     text = tok.apply_chat_template(messages, tokenize=False).strip()
     n_img = int(grid.prod()) // 4
     text = text.replace("<|image_pad|>", "<|placeholder|>" * n_img)
@@ -145,11 +148,11 @@ def official_style_pass(enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndarray
                 "globals": hidden[input_ids[0] == global_id]}
 
 
-def _max_diff(frame: EncodedFrame, ref: dict[str, torch.Tensor]) -> float:
-    return max((frame.object_embeddings - ref["objects"]).abs().max().item()
-               if len(ref["objects"]) else 0.0,
-               (frame.iou_logits - ref["ious"]).abs().max().item() if len(ref["ious"]) else 0.0,
-               (frame.global_embeddings - ref["globals"]).abs().max().item())
+def _assert_equal(frame: EncodedFrame, ref: dict[str, torch.Tensor]) -> None:
+    """Same operations on the same inputs in float32 on CPU: equal to the last bit."""
+    assert torch.equal(frame.object_embeddings, ref["objects"])
+    assert torch.equal(frame.iou_logits, ref["ious"])
+    assert torch.equal(frame.global_embeddings, ref["globals"])
 
 
 # ---------------------------------------------------------------- image pass
@@ -163,9 +166,7 @@ def test_image_pass_matches_official_style_forward(encoder: ObjEmbedEncoder, pho
     assert frame.object_embeddings.shape == (nboxes, 64)
     assert frame.iou_logits.shape == (nboxes,)
     assert frame.global_embeddings.shape == (2, 64)
-    diff = _max_diff(frame, ref)
-    print(f"MAXDIFF image pass vs transformers-forward reference (N={nboxes}): {diff:.3e}")
-    assert diff < 1e-4
+    _assert_equal(frame, ref)
     # the check has teeth: neighbouring tokens are far from the read-out ones
     if nboxes:
         assert (frame.object_embeddings - frame.object_embeddings.roll(1, 0)).abs().max() > 0.1
@@ -178,9 +179,7 @@ def test_image_pass_non_square_photo(encoder: ObjEmbedEncoder, photo_wide: np.nd
     # 400x600 -> rounded 384x608 < min_pixels; beta = sqrt(921600/240000) = 1.9596:
     # h = ceil(783.8/32)*32 = 800, w = ceil(1175.8/32)*32 = 1184
     assert frame.image_size == (600, 400) and frame.resized_size == (1184, 800)
-    diff = _max_diff(frame, ref)
-    print(f"MAXDIFF image pass non-square: {diff:.3e}")
-    assert diff < 1e-4
+    _assert_equal(frame, ref)
 
 
 @pytest.mark.parametrize("layout", [0, 1])
@@ -191,9 +190,7 @@ def test_other_token_layouts(layout_dirs: dict[int, Path], photo: np.ndarray,
     frame = enc.encode_image(photo, BOXES[:2])
     ref = official_style_pass(enc, photo, BOXES[:2], layout=layout)
     assert frame.global_embeddings.shape[0] == (1 if layout == 0 else 2)
-    diff = _max_diff(frame, ref)
-    print(f"MAXDIFF image pass layout {layout}: {diff:.3e}")
-    assert diff < 1e-4
+    _assert_equal(frame, ref)
 
 
 def test_cpu_float32_is_deterministic(encoder: ObjEmbedEncoder, photo: np.ndarray) -> None:
@@ -260,9 +257,7 @@ def test_text_pass_reads_the_local_text_token(encoder: ObjEmbedEncoder) -> None:
                           use_cache=False).last_hidden_state[0]
         at = (ids[0] == tok.convert_tokens_to_ids(token)).nonzero().item()
         ours = encoder.encode_text(query, target)[0]
-        diff = (ours - hidden[at]).abs().max().item()
-        print(f"MAXDIFF text pass ({target}): {diff:.3e}")
-        assert diff < 1e-5
+        assert torch.equal(ours, hidden[at])  # same ops, same inputs: bit-identical
         assert (ours - hidden[at - 1]).abs().max().item() > 0.1
 
 
@@ -290,6 +285,8 @@ def test_text_batch_and_cache(tiny_objembed_dir: Path) -> None:
 
 def test_scores_against_float64_reference(encoder: ObjEmbedEncoder, photo: np.ndarray,
                                           tiny_objembed_dir: Path) -> None:
+    """encoder.score_objects / score_images (thin calls into core.scoring) against the spec's
+    formulas in float64 with the scalars read from the safetensors file."""
     with safe_open(str(tiny_objembed_dir / "model.safetensors"), framework="pt") as f:
         scalars = {k: f.get_tensor(k).double().item() for k in (
             "logit_log_scale", "logit_bias", "logit_image_log_scale", "logit_image_bias")}
@@ -306,27 +303,42 @@ def test_scores_against_float64_reference(encoder: ObjEmbedEncoder, photo: np.nd
 
     sim = sig(cos * np.exp(scalars["logit_log_scale"]) + scalars["logit_bias"])
     ref = sim * sig(u)[None]
-    parts = encoder.score_objects(text, frame, return_parts=True)
-    d_torch = np.abs(parts.score.double().numpy() - ref).max()
-    assert np.abs(parts.cosine.double().numpy() - cos).max() < 1e-5
-    assert np.abs(parts.similarity.double().numpy() - sim).max() < 1e-5
-    assert np.abs(parts.iou.double().numpy() - sig(u)[None]).max() < 1e-6
-    np_score = score_objects(t, (o, u), encoder)
-    d_numpy = np.abs(np_score - ref).max()
-    print(f"MAXDIFF scores torch f32: {d_torch:.3e}, numpy f64: {d_numpy:.3e}")
-    assert d_torch < 1e-5 and d_numpy < 1e-12
+    parts = encoder.score_objects(text, frame)
+    assert isinstance(parts.score, np.ndarray) and parts.score.shape == (2, 3)
+    d_f32 = np.abs(parts.score - ref).max()
+    assert np.abs(parts.cosine - cos).max() < 1e-5
+    assert np.abs(parts.similarity - sim).max() < 1e-5
+    assert np.abs(parts.iou - sig(u)[None]).max() < 1e-6
+    p = encoder.score_params  # float64 inputs stay float64 in core.scoring
+    d_f64 = np.abs(grounding_scores(t, o, u, p.logit_log_scale, p.logit_bias).score - ref).max()
+    print(f"MAXDIFF scores float32 embeddings: {d_f32:.3e}, float64: {d_f64:.3e}")
+    assert d_f32 < 1e-5 and d_f64 < 1e-12
     g = frame.global_embeddings[:1].double().numpy()
     tg = encoder.encode_text("a person", "image").double().numpy()
     cos_g = (tg @ g.T) / np.linalg.norm(tg) / np.linalg.norm(g)
     img_ref = sig(cos_g * np.exp(scalars["logit_image_log_scale"]) + scalars["logit_image_bias"])
-    img = score_images(torch.from_numpy(tg).float(), frame.global_embeddings[:1], encoder)
-    assert np.abs(img.double().numpy() - img_ref).max() < 1e-5
+    img = encoder.score_images(torch.from_numpy(tg).float(), frame.global_embeddings[:1])
+    assert img.shape == (1, 1) and np.abs(img - img_ref).max() < 1e-5
+
+
+# The image-query prompt as objembed-spec.md section 4 writes it, typed here by hand: the
+# text alone after the image (no "Locate ..." prefix, no objects), ending in a space.
+SPEC_IMAGE_QUERY_TEXT = ("The coarse global image is <global>. The detailed global image is "
+                         "<global>. ")
 
 
 def test_image_query_embedding(encoder: ObjEmbedEncoder, photo: np.ndarray) -> None:
+    """encode_image_query = the coarse <global> of transformers' own forward on the spec's
+    image-query prompt (no boxes: the dummy box runs and is dropped)."""
     q = encoder.encode_image_query(photo)
-    ref = official_style_pass(encoder, photo, np.zeros((0, 4)), layout=2)
-    # the image-query prompt is the no-box layout 2 prompt without the doubled space
-    assert q.shape == (64,)
-    assert not torch.allclose(q, ref["globals"][0])
-    assert encoder.score_images(q[None], q[None]).item() > 0
+    ref = official_style_pass(encoder, photo, np.zeros((0, 4)), layout=2,
+                              user_text=SPEC_IMAGE_QUERY_TEXT)
+    assert ref["globals"].shape == (2, 64)  # coarse, detailed
+    assert torch.equal(q, ref["globals"][0])
+    # the whole prompt, also after the coarse <global> (causal attention hides that part
+    # from the coarse embedding): the ids the encoder feeds equal the spec prompt's
+    n_img = int((ref["ids"] == encoder.ids.image_pad).sum())
+    assert encoder.image_prompt_ids(0, n_img, prompts.IMAGE_QUERY_TEXT) == ref["ids"].tolist()
+    # the check has teeth: the grounding prompt without boxes gives another embedding
+    framed = official_style_pass(encoder, photo, np.zeros((0, 4)), layout=2)
+    assert (framed["globals"][0] - q).abs().max().item() > 1e-3
