@@ -85,6 +85,11 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise InputError(f"image must be HxWx3 RGB, got shape {rgb.shape}")
 
 
+def _check_min_score(min_score: float) -> None:
+    if math.isnan(min_score):  # every comparison with NaN is false: "nothing there"
+        raise InputError("min_score is NaN")
+
+
 def _encoded_parts(encoded: Any, props: Proposals) -> dict[str, Any]:
     """The CachedFrame fields one image pass gives, as host float32 arrays."""
     n = len(props)
@@ -236,6 +241,7 @@ class Grounder:
         probability of its <global_text> embedding against the frame's coarse <global>
         (spec section 6); one more text pass per new query. NaN otherwise.
         """
+        _check_min_score(min_score)
         queries = self.check_queries(texts)
         text = self.text_embeddings(queries, TARGET_OBJECT, deadline)
         image = None
@@ -249,6 +255,7 @@ class Grounder:
                      deadline: float | None = None) -> list[GroundingResult]:
         """Score caller-supplied boxes: one image pass (a request pass) on the cached
         frame's pixels; the objects carry proposal_index -1."""
+        _check_min_score(min_score)
         queries = self.check_queries(texts)
         props = self.supplied.propose(frame.rgb, boxes)
         text = self.text_embeddings(queries, TARGET_OBJECT, deadline)
@@ -260,8 +267,6 @@ class Grounder:
     def _score(self, queries: list[str], text: np.ndarray, frame: CachedFrame, top_k: int,
                min_score: float, image_score: np.ndarray | None,
                proposal_index: bool) -> list[GroundingResult]:
-        if math.isnan(min_score):
-            raise InputError("min_score is NaN")
         p = self.logit_params
         n = frame.num_boxes
         if n:
