@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +26,11 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_builder_is_fast_and_deterministic(tmp_path: Path) -> None:
-    make_tiny_objembed_checkpoint(tmp_path / "warm")  # imports out of the timing
-    t0 = time.perf_counter()
+def test_builder_is_deterministic(tmp_path: Path) -> None:
+    """Same seed, same bytes; another seed, other weights (no timing: CI machines vary)."""
     a = make_tiny_objembed_checkpoint(tmp_path / "a", seed=3)
-    elapsed = time.perf_counter() - t0
     b = make_tiny_objembed_checkpoint(tmp_path / "b", seed=3)
     c = make_tiny_objembed_checkpoint(tmp_path / "c", seed=4)
-    print(f"tiny checkpoint build: {elapsed:.2f} s")
-    assert elapsed < 5.0
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert _digest(a / name) == _digest(b / name), name
     assert _digest(a / "model.safetensors") != _digest(c / "model.safetensors")

@@ -10,7 +10,7 @@ shards + ``model.safetensors.index.json``; bf16 by default like the release, no 
 when tied), a byte-level BPE tokenizer trained on the fly (``tokenizer.json``, ``vocab.json``,
 ``merges.txt``, ``tokenizer_config.json`` with Qwen's special tokens plus the four ObjEmbed
 tokens), a chat template with Qwen3-VL-Instruct semantics (also as ``chat_template.json``)
-and ``preprocessor_config.json``. Deterministic for a given seed; builds in well under 5 s.
+and ``preprocessor_config.json``. Deterministic for a given seed.
 """
 from __future__ import annotations
 
