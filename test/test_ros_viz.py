@@ -45,3 +45,15 @@ def test_overlay_draws_boxes_in_query_colours(photo: np.ndarray) -> None:
     assert changed[50, 10] and changed[150, 299]  # left edge of box 1, right edge of box 2
     assert not changed[150, 250]  # inside box 2, away from the label
     assert tuple(out[50, 10]) == colour(0)
+
+
+def test_overlay_is_the_core_renderer(photo: np.ndarray) -> None:
+    """The node's debug image is core.overlay's drawing of the same boxes and labels."""
+    from objembed_ros.core.overlay import OverlayBox
+    from objembed_ros.core.overlay import draw_overlay as render
+
+    rgb = photo[:240, :320].copy()
+    expected = render(rgb, [[OverlayBox((10.0, 20.0, 110.0, 90.0), "mug 0.80 1.50m"),
+                             OverlayBox((200.0, 100.0, 300.0, 200.0), "mug 0.30")],
+                            [OverlayBox((0.0, 0.0, 64.0, 48.0), "person 0.10")]])
+    np.testing.assert_array_equal(draw_overlay(rgb, sample_arrays()), expected)
