@@ -124,3 +124,14 @@ def build_parts(config: GrounderConfig) -> tuple[Any, Proposer, str]:
     proposer = build_proposer(config)
     encoder = build_encoder(config)
     return encoder, proposer, install_accel(encoder, config)
+
+
+def free_device_memory() -> None:
+    """Return cached CUDA memory to the driver after the parts were dropped."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # torch missing or CUDA unusable: nothing to free
+        pass

@@ -3,7 +3,7 @@
 Embed once, query many (like segment-anything's predictor): `encode_frame` runs the
 proposer and ONE ObjEmbed image pass and keeps the frame's object and global embeddings;
 `ground` then costs one text pass (cached by text) plus a matrix product in core.scoring.
-No ROS here, and no torch import: the parts come from grounder.build.
+No ROS here, and no torch: the parts (and torch) come from grounder.build.
 
 Threading: the model runs one pass at a time under a ModelLock (grounder.lock): frame
 passes (`encode_frame`, the worker) yield to request passes (text, supplied boxes, query
@@ -40,6 +40,7 @@ from objembed_ros.grounder.build import (
     GrounderConfig,
     build_parts,
     build_proposer,
+    free_device_memory,
     supplied_proposer,
 )
 from objembed_ros.grounder.lock import ModelLock
@@ -131,13 +132,7 @@ class Grounder:
                 self.encoder.text_cache.clear()
             self.encoder = None
             self.proposer = None
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:  # torch missing or CUDA unusable: nothing to free
-            pass
+        free_device_memory()
 
     # -- the model ------------------------------------------------------------------------
     def _encoder(self) -> Any:
