@@ -1,5 +1,6 @@
-"""Pure logic shared by the encoder, the proposer, the node and the CLI.
+"""Pure logic shared by the encoder, the proposers, the grounder, the node and the CLI.
 
-Imports numpy only: no torch, no rclpy. Box math, image resizing rules, scoring,
-depth-to-3D geometry and bounded caches live here and are unit-tested directly.
+No torch, no rclpy (numpy; PIL for letterboxing and the overlay). Box math, image resizing
+rules, scoring, depth-to-3D geometry, bounded caches, frame rings, the error types and the
+overlay renderer live here and are unit-tested directly.
 """

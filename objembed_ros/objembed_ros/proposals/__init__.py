@@ -1,7 +1,8 @@
-"""objembed_ros.proposals: where object boxes come from (torch; never rclpy).
+"""objembed_ros.proposals: where object boxes come from (torch for WeDetect; never rclpy).
 
-``base`` (numpy only): :class:`Proposals`, the :class:`Proposer` protocol, supplied boxes and
-whole-image sources. ``wedetect``: :class:`WeDetectProposer` (the official WeDetect-Uni
+``base`` (numpy only): :class:`Proposals` and the one :class:`Proposer` interface, with the
+sources that need no network: supplied/external boxes, the whole image as one box, the
+sliding-window grid. ``wedetect``: :class:`WeDetectProposer` (the official WeDetect-Uni
 proposals); ``wedetect_model`` / ``wedetect_keys`` / ``select``: its network, checkpoint
 reading and exact top-k + per-prompt NMS.
 """

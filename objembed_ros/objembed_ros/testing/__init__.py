@@ -1,2 +1,3 @@
-"""Helpers for tests, benches and the demo: tiny random checkpoints in the official formats
-and a small rclpy client. Nothing here is used by the node at run time."""
+"""Test support for tests, benches and the demo: tiny random checkpoints in the official
+formats, the literal RoIAlign oracle and a small rclpy client. The node and the CLI never
+import it (test/test_layering.py checks)."""
