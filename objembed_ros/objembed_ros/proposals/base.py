@@ -79,14 +79,27 @@ def _image_size(rgb: np.ndarray, max_pixels: int | None) -> tuple[int, int]:
     return width, height
 
 
-def _unscored(boxes: np.ndarray, source: str, image_size: tuple[int, int],
-              t0: float) -> Proposals:
-    k = len(boxes)
-    return Proposals(boxes, np.full(k, np.nan, np.float32), np.full(k, -1, np.int64), source,
-                     {"total": time.perf_counter() - t0}, image_size)
+class _ImageGeometryProposer:
+    """Boxes that depend only on the image size; no scores (NaN), no labels (-1)."""
+
+    name = ""
+
+    def __init__(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.max_pixels = max_pixels
+
+    def boxes(self, width: int, height: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def propose(self, rgb: np.ndarray) -> Proposals:
+        t0 = time.perf_counter()
+        w, h = _image_size(rgb, self.max_pixels)
+        boxes = np.asarray(self.boxes(w, h), np.float32).reshape(-1, 4)
+        k = len(boxes)
+        return Proposals(boxes, np.full(k, np.nan, np.float32), np.full(k, -1, np.int64),
+                         self.name, {"total": time.perf_counter() - t0}, (w, h))
 
 
-class WholeImageProposer:
+class WholeImageProposer(_ImageGeometryProposer):
     """The whole image as one box ``[0, 0, W, H]``: "how well does the image match", with
     the image's own object embedding and IoU factor (the node's ``proposer: whole_image``).
     For no boxes at all (global embeddings only) use a :class:`SuppliedBoxesProposer`
@@ -94,28 +107,18 @@ class WholeImageProposer:
 
     name = "whole_image"
 
-    def __init__(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
-        self.max_pixels = max_pixels
-
-    def propose(self, rgb: np.ndarray) -> Proposals:
-        t0 = time.perf_counter()
-        w, h = _image_size(rgb, self.max_pixels)
-        return _unscored(np.array([[0, 0, w, h]], np.float32), self.name, (w, h), t0)
+    def boxes(self, width: int, height: int) -> np.ndarray:
+        return np.array([[0, 0, width, height]], np.float32)
 
 
-class GridProposer:
+class GridProposer(_ImageGeometryProposer):
     """Multi-scale sliding windows (``core.boxes.grid_boxes``): a proposer-free fallback,
     much weaker than WeDetect; the CLI uses it when no detector checkpoint is given."""
 
     name = "grid"
 
-    def __init__(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
-        self.max_pixels = max_pixels
-
-    def propose(self, rgb: np.ndarray) -> Proposals:
-        t0 = time.perf_counter()
-        w, h = _image_size(rgb, self.max_pixels)
-        return _unscored(grid_boxes(w, h).astype(np.float32), self.name, (w, h), t0)
+    def boxes(self, width: int, height: int) -> np.ndarray:
+        return grid_boxes(width, height)
 
 
 def _vector(values: object, k: int, dtype: type, what: str) -> np.ndarray:
