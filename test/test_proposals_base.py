@@ -89,5 +89,3 @@ def test_proposals_contract() -> None:
     assert p.boxes.dtype == np.float32 and p.labels.dtype == np.int64 and len(p) == 1
     with pytest.raises(ValueError):
         Proposals([[0, 0, 1, 1]], [0.5, 0.4], [2], "x")
-    e = Proposals.empty("y", (3, 4))
-    assert len(e) == 0 and e.image_size == (3, 4)

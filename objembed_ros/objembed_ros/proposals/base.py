@@ -57,12 +57,6 @@ class Proposals:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
-    @classmethod
-    def empty(cls, source: str, image_size: tuple[int, int] | None = None,
-              timings: dict[str, float] | None = None) -> Proposals:
-        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                   np.zeros(0, np.int64), source, dict(timings or {}), image_size)
-
 
 @runtime_checkable
 class Proposer(Protocol):
