@@ -183,12 +183,13 @@ class ObjEmbedEncoder:
         first use of a merged grid; grids (H', W') are prepared now so failures surface at
         configure time. See :mod:`objembed_ros.accel.projector_runtime`.
         """
+        from objembed_ros.accel.engine_cache import model_name
         from objembed_ros.accel.projector_runtime import ProjectorBackend
 
         backend = ProjectorBackend(self.projector, name, self.device, cache_dir,
-                                   model=model or self.ckpt.path.name.lower(),
+                                   model=model or model_name(self.ckpt.path),
                                    checkpoint=str(self.ckpt.path), allow_build=allow_build,
-                                   precision=precision)
+                                   precision=precision, max_boxes=self.max_boxes)
         backend.prepare(grids)
         self.projector_backend = None if backend.choice.chosen == "torch" else backend
         return backend.choice
