@@ -7,7 +7,7 @@ Steps (each reports ok / failed / skipped with a reason; a failing step never st
 
 parity_fp32        tiny checkpoint, float32: device vs CPU, max |diff| <= 1e-4 (TF32 off)
 parity_bf16        tiny checkpoint: device bf16 vs CPU float32, cosine >= 0.99 per embedding
-                   and max |diff| <= 0.1 x max |ref| (bf16 keeps 8 mantissa bits; see BF16_*)
+                   and max |diff| <= 0.15 x max |ref| (bf16 keeps 8 mantissa bits; see BF16_*)
 sdpa_vs_eager      tiny, float32 on the device: attn sdpa vs eager, max |diff| <= 1e-4
 cuda_graph_text    tiny, float32: text pass replayed from CUDA graphs vs eager, <= 1e-4
 projector_onnxruntime / projector_tensorrt
@@ -52,7 +52,7 @@ from objembed_ros.testing.tiny_objembed import make_tiny_objembed_checkpoint
 
 FP32_TOL = 1e-4
 BF16_MIN_COSINE = 0.99
-BF16_REL_TOL = 0.1
+BF16_REL_TOL = 0.15  # the dry run (CPU bf16) measures cosine 0.997, rel 0.06 on the tiny model
 FP16_TOL = 5e-3  # x max |ref|: fp16 step 2^-11, ~10 roundings along the projector
 RESOLUTIONS = ((640, 480), (1280, 720))
 QUERIES = ("the red cup on the table", "a person on the left")
@@ -235,7 +235,7 @@ class Check:
         g = self.grounder(ckpt, self.device, dtype)
         load_s = time.perf_counter() - t0
         g.encoder.sync_timings = True
-        runs, warmup = (2, 1) if self.dry else (self.args.runs, 2)
+        runs, warmup = (1, 0) if self.dry else (self.args.runs, 2)
         result: dict = {"checkpoint": "tiny" if self.dry else f"random-{size}", "dtype": dtype,
                         "attn": g.encoder.ckpt.attn_implementation, "write_s": round(write_s, 2),
                         "load_s": round(load_s, 2),
