@@ -302,13 +302,43 @@ def test_one_naming_rule_for_symlinked_checkpoints(tmp_path: Path, monkeypatch) 
     assert model_name(".") == "3f9c0a"  # "." is the working directory (the OS resolves it)
 
 
-def test_build_engines_and_runtime_use_the_same_name(tmp_path: Path) -> None:
-    """model/build_engines.py names engines with model_name, as the encoder does."""
-    src = (Path(__file__).parents[1] / "model" / "build_engines.py").read_text()
-    assert "model_name(args.checkpoint)" in src and "resolve().name" not in src
-    enc_src = (Path(__file__).parents[1] / "objembed_ros" / "objembed_ros" / "encoder"
-               / "model.py").read_text()
-    assert "model_name(self.ckpt.path)" in enc_src
+def test_engines_built_by_the_recipe_are_found_by_the_node(tiny_objembed_dir: Path,
+                                                           tmp_path: Path, monkeypatch) -> None:
+    """model/build_engines.py on a symlinked checkpoint, then the encoder loaded through the
+    same link: the runtime finds (and loads) exactly the engines the recipe built."""
+    import importlib.util as iu
+
+    from objembed_ros.accel import backends
+    from objembed_ros.encoder.model import ObjEmbedEncoder
+
+    calls: list = []
+    fake = fake_tensorrt(11, calls)
+    monkeypatch.setattr(trt, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(trt, "gpu_identity", lambda device: ("Fake GPU", "8.7"))
+    monkeypatch.setattr(trt, "device_guard", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(backends, "backend_unavailable_reason", lambda name, device: None)
+    link = tmp_path / "ObjEmbed-Tiny"
+    link.symlink_to(tiny_objembed_dir)
+    spec = iu.spec_from_file_location(
+        "build_engines", Path(__file__).parents[1] / "model" / "build_engines.py")
+    recipe = iu.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    cache = tmp_path / "cache"
+    assert recipe.main(["--checkpoint", str(link), "--grid", "4x5", "--max-boxes", "500",
+                        "--cache-dir", str(cache)]) == 0
+    built = sorted(p.name for p in (cache / "engines").glob("*.engine"))
+    assert len(built) == 2 and all("-objembed-tiny-fp16-" in name for name in built)
+
+    enc = ObjEmbedEncoder.from_pretrained(link, max_boxes=500)
+    choice = enc.set_projector_backend("tensorrt", cache_dir=cache, grids=[(4, 5)])
+    assert choice.chosen == "tensorrt"
+    assert sorted(p.name for p in (cache / "engines").glob("*.engine")) == built  # no rebuild
+    loaded = [c for c in calls if c[0] == "deserialize"]
+    assert len(loaded) == 2 and calls.count(("build",)) == 2
+    # another max_boxes is another profile: the recipe's engines are not used for it
+    enc.max_boxes = 2000
+    with pytest.raises(trt.EngineError, match="engine missing.*--max-boxes 2000"):
+        enc.set_projector_backend("tensorrt", cache_dir=cache, grids=[(4, 5)])
 
 
 # ---------------------------------------------------------------------- version dispatch
