@@ -31,6 +31,7 @@ import importlib
 import importlib.util
 import json
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -55,6 +56,9 @@ BF16_MIN_COSINE = 0.99
 BF16_REL_TOL = 0.15  # the dry run (CPU bf16) measures cosine 0.997, rel 0.06 on the tiny model
 FP16_TOL = 5e-3  # x max |ref|: fp16 step 2^-11, ~10 roundings along the projector
 RESOLUTIONS = ((640, 480), (1280, 720))
+# seconds a step needs at least on a GPU machine (write + load + runs for the latency steps);
+# a step is skipped with that reason when less of --budget-s is left
+MIN_SECONDS = {"latency_2b": 60, "latency_4b": 100}
 QUERIES = ("the red cup on the table", "a person on the left")
 
 
@@ -92,6 +96,7 @@ class Check:
         self.tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
         self.tiny = make_tiny_objembed_checkpoint(self.tmp / "tiny", dtype="float32")
         self.steps: dict[str, dict] = {}
+        self.start = time.perf_counter()
 
     # ------------------------------------------------------------------ helpers
     def grounder(self, checkpoint: Path, device: torch.device, dtype: str, **kw) -> Grounder:
@@ -278,6 +283,8 @@ class Check:
                                               / 2**30, 2)
         del g, frame
         _cuda_free(self.device)
+        if ckpt != self.tiny:
+            shutil.rmtree(ckpt, ignore_errors=True)  # 4-9 GB each
         return result
 
     def real_checkpoint(self, size: str) -> Path:
@@ -316,11 +323,24 @@ class Check:
             ("latency_2b", lambda: self.latency("2b")),
             ("latency_4b", lambda: self.latency("4b"))]
         for name, fn in steps:
+            left = self.args.budget_s - (time.perf_counter() - self.start)
             if self.args.only and name not in self.args.only and name != "env":
                 self.steps[name] = {"status": "skipped", "reason": "not selected (--only)"}
-                continue
-            self.run(name, fn)
+            elif not self.dry and left < MIN_SECONDS.get(name, 10):
+                self.steps[name] = {"status": "skipped", "reason": f"time budget: {left:.0f} s "
+                                    f"of --budget-s {self.args.budget_s} left"}
+            else:
+                self.run(name, fn)
+            self.write()  # after every step: a killed run still leaves its results
         return self.steps
+
+    def write(self) -> None:
+        out = self.args.out
+        out.mkdir(parents=True, exist_ok=True)
+        command = "bash scripts/gpu_check.sh" + (" --dry-run" if self.dry else "")
+        (out / "gpu_check.json").write_text(json.dumps(
+            {"command": command, "steps": self.steps}, indent=1, default=str))
+        (out / "gpu_check.md").write_text(markdown(self.steps, command))
 
 
 STEP_NAMES = ("env", "parity_fp32", "parity_bf16", "sdpa_vs_eager", "cuda_graph_text",
@@ -369,20 +389,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=10, help="timed runs per latency figure")
     p.add_argument("--only", nargs="*", choices=STEP_NAMES, help="run only these steps")
     p.add_argument("--out", type=Path, default=Path("gpu_check_out"))
+    p.add_argument("--budget-s", type=float, default=450.0,
+                   help="skip steps that no longer fit (the shell script kills at 480 s)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     check = Check(args)
-    with torch.inference_mode():
-        steps = check.all()
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = "bash scripts/gpu_check.sh" + (" --dry-run" if args.dry_run else "")
-    (args.out / "gpu_check.json").write_text(json.dumps(
-        {"command": command, "steps": steps}, indent=1, default=str))
-    (args.out / "gpu_check.md").write_text(markdown(steps, command))
+    try:
+        with torch.inference_mode():
+            steps = check.all()
+    finally:
+        shutil.rmtree(check.tmp, ignore_errors=True)
     print(f"[gpu_check] wrote {args.out / 'gpu_check.json'} and {args.out / 'gpu_check.md'}")
-    import shutil
-
-    shutil.rmtree(check.tmp, ignore_errors=True)
     failed = [n for n, s in steps.items() if s.get("status") == "failed"]
     return 1 if failed else 0
 

@@ -28,4 +28,4 @@ if [ -d "$WHEELS" ] && compgen -G "$WHEELS/*.whl" > /dev/null; then
     export PYTHONPATH=".gpu_check/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec timeout --signal=INT 480 "$PYTHON" bench/gpu_check.py "$@"
+exec timeout --signal=INT --kill-after=20 480 "$PYTHON" bench/gpu_check.py "$@"
