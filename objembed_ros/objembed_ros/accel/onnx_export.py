@@ -147,11 +147,12 @@ def keep_float32(model, low: int):
     types.update({t.name: t.data_type for t in model.graph.initializer})
     nodes = []
     for node in model.graph.node:
-        if node.op_type == "Cast" and node.attribute[0].i in _COMPLEX:
+        to = next((a for a in node.attribute if a.name == "to"), None)
+        if node.op_type == "Cast" and to is not None and to.i in _COMPLEX:
             # The TorchScript exporter promotes a Python number against a bf16 tensor to
             # Cast(to=COMPLEX128) (torch 2.13, ``x / int`` in sine_embedding); it means the
             # tensor's own type, and a complex tensor is never valid here.
-            node.attribute[0].i = low
+            to.i = low
         low_in = [i for i, name in enumerate(node.input) if name and types.get(name) == low]
         if not low_in or (node.op_type not in FLOAT32_OPS
                           and all(_schema_accepts(node, low, i, opset) for i in low_in)):
