@@ -72,7 +72,7 @@ def build_real_shapes(tiny_dir: Path, shapes: str, device: torch.device, dtype: 
         setattr(config.vision_config, k, v)
     config.vision_config.out_hidden_size = config.text_config.hidden_size
     config.vision_config.num_position_embeddings = 2304
-    impl = resolve_attn(attn, device)
+    impl = resolve_attn(attn, torch.device(device), dtype)
     for cfg in (config, config.text_config, config.vision_config):
         cfg.dtype = dtype
     with torch.device(device), no_init_weights():

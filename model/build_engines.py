@@ -2,13 +2,13 @@
 """Export the ObjEmbed projector + IoU head to ONNX and build TensorRT engines for this GPU.
 
 One projector engine per camera resolution (merged grid H' x W'), one IoU-head engine per
-checkpoint, each keyed (EngineKey) by model, ONNX hash, precision, GPU and TensorRT version,
-so a stale engine is rebuilt, never used. See model/ENGINES.md.
+checkpoint, each keyed (EngineKey) by model, ONNX hash, precision, box profile (up to
+--max-boxes), GPU and TensorRT version, so a stale engine is rebuilt, never used. Each
+precision builds from an ONNX graph exported in that precision (strongly typed networks,
+TensorRT 10.x and 11.x). See model/ENGINES.md.
 
     python model/build_engines.py --checkpoint model/ObjEmbed-2B --resolution 1280x720 \
-        --precision fp16 --cache-dir model
-    python model/build_engines.py --checkpoint model/ObjEmbed-2B --resolution 1280x720 \
-        --precision int8 --calibration calibration/images.txt --cache-dir model
+        --precision fp16 --max-boxes 300 --cache-dir model
     python model/build_engines.py --checkpoint DIR --resolution 640x480 --dry-run   # no GPU
 
 Imports without tensorrt (lazy); ``--dry-run`` exports the ONNX graphs, computes the keys
@@ -17,21 +17,18 @@ and prints what it would build.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "objembed_ros"))
 
 from objembed_ros.accel import trt
-from objembed_ros.accel.engine_cache import lookup_engine
+from objembed_ros.accel.engine_cache import lookup_engine, model_name
 from objembed_ros.accel.onnx_export import (
+    PRECISIONS,
     export_iou_head,
     export_projector,
     weights_sha256,
@@ -40,7 +37,6 @@ from objembed_ros.core.resize import ImageProcessorConfig, smart_resize
 from objembed_ros.encoder.projector import ObjectProjector
 
 log = logging.getLogger("build_engines")
-CALIB_BOXES = trt.BOX_PROFILE[1]  # calibration runs at the profile's opt shape (100 boxes)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -91,83 +87,6 @@ def random_projector(shapes: str) -> ObjectProjector:
     return proj.eval()
 
 
-# ---------------------------------------------------------------------- calibration data
-def read_image_list(list_file: Path) -> list[tuple[Path, Path | None]]:
-    """calibration/images.txt: one image per line, paths relative to the file; an optional
-    second column is a boxes JSON ([[x1,y1,x2,y2], ...] in that image's pixels); '#'
-    starts a comment."""
-    entries = []
-    for raw in list_file.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        image = (list_file.parent / parts[0]).resolve()
-        boxes = (list_file.parent / parts[1]).resolve() if len(parts) > 1 else None
-        for p in (image, boxes):
-            if p is not None and not p.is_file():
-                raise SystemExit(f"{list_file}: {p} does not exist")
-        entries.append((image, boxes))
-    if not entries:
-        raise SystemExit(f"{list_file} lists no images")
-    return entries
-
-
-def fallback_boxes(width: int, height: int, n: int = CALIB_BOXES) -> np.ndarray:
-    """A deterministic multi-scale box set covering the image (when no boxes/proposer)."""
-    rng = np.random.default_rng(0)
-    scale = rng.uniform(0.05, 0.9, size=(n, 2)) * [width, height]
-    xy = rng.uniform(0, 1, size=(n, 2)) * ([width, height] - scale)
-    return np.concatenate([xy, xy + scale], axis=1)
-
-
-def calibration_batches(checkpoint: Path, entries: list[tuple[Path, Path | None]],
-                        resolution: tuple[int, int], device: str,
-                        wedetect: Path | None) -> Iterator[dict[str, np.ndarray]]:
-    """Run the real encoder up to the projector inputs for each image (resized to the camera
-    resolution so the grid matches the engine): E, deepstack[-2], deepstack[-1], and
-    exactly CALIB_BOXES resized-pixel boxes (proposals, listed boxes or a fixed set)."""
-    from PIL import Image
-
-    from objembed_ros.core.boxes import validate_boxes
-    from objembed_ros.encoder.model import ObjEmbedEncoder
-
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    enc = ObjEmbedEncoder.from_pretrained(checkpoint, device=device, dtype=dtype)
-    proposer = None
-    if wedetect is not None:
-        from objembed_ros.proposals.wedetect import WeDetectProposer
-
-        proposer = WeDetectProposer.from_checkpoint(wedetect, device=device,
-                                                    num_proposals=CALIB_BOXES)
-    width, height = resolution
-    for image_path, boxes_path in entries:
-        rgb = np.asarray(Image.open(image_path).convert("RGB").resize((width, height),
-                                                                       Image.BICUBIC))
-        if boxes_path is not None:
-            scale = np.array(Image.open(image_path).size * 2, dtype=np.float64)
-            boxes = np.asarray(json.loads(boxes_path.read_text()), dtype=np.float64)
-            boxes = boxes.reshape(-1, 4) / scale * [width, height, width, height]
-        elif proposer is not None:
-            boxes = np.asarray(proposer.propose(rgb).boxes, dtype=np.float64)
-        else:
-            boxes = fallback_boxes(width, height)
-        if len(boxes) == 0:
-            boxes = fallback_boxes(width, height)
-        boxes = np.resize(boxes, (CALIB_BOXES, 4))  # the profile's opt shape
-        with torch.inference_mode():
-            pre = enc.preprocess(rgb)
-            clean = validate_boxes(boxes, width, height, CALIB_BOXES)
-            pix = torch.from_numpy(pre.pixel_values).to(enc.device)
-            grid = torch.tensor([pre.grid_thw], device=enc.device)
-            embeds, deepstack = enc.qwen.get_image_features(pix, grid)
-            rboxes = enc._rescale_boxes(clean, pre)
-        yield {"image_embeds": embeds[0].float().cpu().numpy(),
-               "deepstack_second_last": deepstack[-2].float().cpu().numpy(),
-               "deepstack_last": deepstack[-1].float().cpu().numpy(),
-               "boxes": rboxes.float().cpu().numpy()}
-
-
 # ---------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -179,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="camera resolution WxH (repeatable); mapped to the merged grid")
     p.add_argument("--grid", type=parse_size, action="append", default=[],
                    help="merged grid HxW directly (repeatable), e.g. 33x33")
-    p.add_argument("--precision", choices=trt.PRECISIONS, action="append", default=[])
-    p.add_argument("--calibration", type=Path, default=Path("calibration/images.txt"))
-    p.add_argument("--wedetect", type=Path, help="WeDetect-Uni .pth for calibration boxes")
+    p.add_argument("--precision", choices=PRECISIONS, action="append", default=[],
+                   help="engine precision (repeatable; default fp16)")
+    p.add_argument("--max-boxes", type=int, default=300,
+                   help="largest box count per frame the engines accept (the node's max_boxes)")
     p.add_argument("--cache-dir", type=Path, default=Path("model"),
                    help="ONNX go to CACHE/onnx, engines to CACHE/engines")
-    p.add_argument("--model", help="name in file names/keys (default: checkpoint dir name)")
+    p.add_argument("--model", help="name in file names/keys (default: checkpoint dir name, "
+                   "as the node names it: objembed_ros.accel.engine_cache.model_name)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dry-run", action="store_true", help="export + keys only, build nothing")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
@@ -193,31 +114,21 @@ def main(argv: list[str] | None = None) -> int:
 
     precisions = args.precision or ["fp16"]
     if args.checkpoint is not None:
-        model = args.model or args.checkpoint.resolve().name.lower()
+        model = args.model or model_name(args.checkpoint)
         proj, checkpoint = load_projector(args.checkpoint), str(args.checkpoint)
     else:
         model = args.model or f"random-{args.random_shapes}"
         proj, checkpoint = random_projector(args.random_shapes), f"random-{args.random_shapes}"
     # --grid HxW: parse_size returns (first, second) = (H', W') here
-    grids: dict[tuple[int, int], tuple[int, int] | None] = {(g[0], g[1]): None
-                                                           for g in args.grid}
-    for w, h in args.resolution:
-        grids.setdefault(grid_for_resolution(w, h), (w, h))
+    grids = [(g[0], g[1]) for g in args.grid]
+    grids += [g for g in (grid_for_resolution(w, h) for w, h in args.resolution)
+              if g not in grids]
     if not grids:
         p.error("give at least one --resolution or --grid")
 
-    wsha = weights_sha256(proj)
-    onnx_dir, engine_dir = args.cache_dir / "onnx", args.cache_dir / "engines"
-    graphs = [("iou_head", None, export_iou_head(proj, onnx_dir, model, checkpoint, wsha))]
-    for grid in grids:
-        graphs.append(("projector", grid,
-                       export_projector(proj, grid, onnx_dir, model, checkpoint, wsha)))
-    for graph, grid, exp in graphs:
-        print(f"onnx  {graph:9s} {'' if grid is None else f'{grid[0]}x{grid[1]} '}{exp.path}")
-
     try:
         gpu, cc = trt.gpu_identity(args.device)
-        version = trt.tensorrt_version()
+        version = trt.tensorrt_api().trt.__version__
     except trt.EngineError as exc:
         if not args.dry_run:
             print(f"cannot build: {exc}", file=sys.stderr)
@@ -225,59 +136,29 @@ def main(argv: list[str] | None = None) -> int:
         gpu, cc, version = "<this GPU>", "?", "<installed TensorRT>"
         print(f"(dry run without a usable GPU/TensorRT: {exc})")
 
-    d = proj.hidden_size
+    wsha = weights_sha256(proj)
+    onnx_dir, engine_dir = args.cache_dir / "onnx", args.cache_dir / "engines"
     for precision in precisions:
+        graphs = [("iou_head", None, export_iou_head(proj, onnx_dir, model, checkpoint, wsha,
+                                                     precision=precision))]
+        graphs += [("projector", grid, export_projector(proj, grid, onnx_dir, model, checkpoint,
+                                                        wsha, precision=precision))
+                   for grid in grids]
         for graph, grid, exp in graphs:
-            calib_cache = None
-            if precision == "int8":
-                tag = "iou" if grid is None else f"{grid[0]}x{grid[1]}"
-                calib_cache = args.calibration.parent / f"{model}-{graph}-{tag}.cache"
-            try:
-                key = trt.make_engine_key(graph, model, exp.path, precision, gpu, cc, version,
-                                          calib_cache if calib_cache is None
-                                          or calib_cache.exists() else None)
-            except trt.EngineError:
-                key = None  # int8 without a cache yet: built during calibration
-            found = lookup_engine(engine_dir, key) if key is not None else None
-            status = found.status if found is not None else "needs calibration"
-            target = found.path if found is not None else engine_dir / f"{graph}-{model}-int8-*"
             what = f"{graph} {'' if grid is None else f'{grid[0]}x{grid[1]} '}{precision}"
-            if found is not None and found.status == "ok" and not args.force:
-                print(f"ok    {what}: {target}")
-                continue
-            if args.dry_run:
-                print(f"would build {what} ({status}): {target}"
-                      + ("" if key is None else f"  key {key.digest()}"))
-                continue
-            profile = trt.Profile({"hidden": (d,)} if grid is None else {"boxes": (4,)})
-            calibrator = None
-            if precision == "int8":
-                if grid is None:
-                    print(f"skip  {what}: the IoU head is tiny; use its fp16 engine")
-                    continue
-                res = grids[grid] or (grid[1] * 32, grid[0] * 32)
-                batches = calibration_batches(
-                    Path(checkpoint), read_image_list(args.calibration), res,
-                    args.device, args.wedetect) if not calib_cache.exists() else iter(())
-                calibrator = trt.make_calibrator(batches, calib_cache, args.device)
-            out = found.path if found is not None else None
-            if out is None:  # int8: key known only once the cache exists -> build, then key
-                tmp = engine_dir / f"{graph}-{model}-int8-building.engine"
-                provisional = dataclasses.replace(trt.make_engine_key(
-                    graph, model, exp.path, "fp16", gpu, cc, version), precision="int8")
-                trt.build_engine(exp.path, tmp, provisional, profile, calibrator)
-                key = trt.make_engine_key(graph, model, exp.path, precision, gpu, cc, version,
-                                          calib_cache)
-                final = engine_dir / key.filename()
-                tmp.replace(final)
-                tmp.with_suffix(".json").unlink(missing_ok=True)
-                from objembed_ros.accel.engine_cache import record_engine
-
-                record_engine(final, key)
-                out = final
+            print(f"onnx  {what}: {exp.path}")
+            profile = trt.Profile.for_graph(graph, proj.hidden_size, args.max_boxes)
+            key = trt.make_engine_key(graph, model, exp.path, precision, gpu, cc, version,
+                                      profile)
+            found = lookup_engine(engine_dir, key)
+            if found.status == "ok" and not args.force:
+                print(f"ok    {what}: {found.path}")
+            elif args.dry_run:
+                print(f"would build {what} ({found.status}, boxes {profile.describe()}): "
+                      f"{found.path}  key {key.digest()}")
             else:
-                trt.build_engine(exp.path, out, key, profile, calibrator)
-            print(f"built {what}: {out}")
+                trt.build_engine(exp.path, found.path, key, profile)
+                print(f"built {what}: {found.path}")
     return 0
 
 

@@ -30,3 +30,22 @@ def test_chain_reaches_torch_when_nothing_else(monkeypatch) -> None:
 def test_unknown_backend_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown backend 'tvm'"):
         choose_backend("tvm", "cpu")
+
+
+def test_cpu_onnxruntime_is_not_used_on_a_cuda_device(monkeypatch) -> None:
+    """onnxruntime's CPU build on a GPU would copy device<->host every frame: torch instead."""
+    monkeypatch.setattr(backends, "_has_module", lambda name: name == "onnxruntime")
+    monkeypatch.setattr(backends, "_ort_providers", lambda: ["CPUExecutionProvider"])
+    choice = choose_backend("tensorrt", "cuda:1")
+    assert choice.chosen == "torch"
+    assert "CUDAExecutionProvider" in choice.reasons[1] and "cuda:1" in choice.reasons[1]
+    assert choose_backend("onnxruntime", "cuda:0").chosen == "torch"
+    assert choose_backend("onnxruntime", "cpu").chosen == "onnxruntime"  # host is fine on CPU
+
+
+def test_cuda_onnxruntime_is_used_on_a_cuda_device(monkeypatch) -> None:
+    monkeypatch.setattr(backends, "_has_module", lambda name: name == "onnxruntime")
+    monkeypatch.setattr(backends, "_ort_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    choice = choose_backend("tensorrt", "cuda:0")
+    assert choice.chosen == "onnxruntime" and "tensorrt" in choice.reasons[0]

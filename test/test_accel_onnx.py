@@ -192,9 +192,9 @@ def test_missing_engine_raises_with_build_command(encoder: ObjEmbedEncoder, tmp_
     with pytest.raises(trt.EngineError, match="engine missing.*build_engines.py.*--grid 7x11"):
         backend.for_grid((7, 11))
     # an engine whose sidecar records another TensorRT is reported stale, not loaded
-    onnx_path = next((tmp_path / "onnx").glob("projector-*7x11*.onnx"))
+    onnx_path = next((tmp_path / "onnx").glob("projector-*7x11*-fp16.onnx"))
     key = trt.make_engine_key("projector", "tiny", onnx_path, "fp16", "Fake GPU", "8.7",
-                              "10.3.0")
+                              "10.3.0", trt.Profile.for_graph("projector", 64, 300))
     path = engine_path(tmp_path / "engines", key)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not an engine")

@@ -163,3 +163,27 @@ def test_attn_selection(tiny_objembed_dir: Path) -> None:
     enc = ObjEmbedEncoder.from_pretrained(tiny_objembed_dir, attn="eager")
     assert enc.ckpt.attn_implementation == "eager"
     assert enc.qwen.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_auto_attn_picks_flash_attention_only_for_half_precision_on_cuda(
+        monkeypatch, caplog, installed: bool) -> None:
+    """FA2 has no float32 kernels: float32 on CUDA gets sdpa (logged), even with flash_attn."""
+    import logging
+    import sys
+    import types
+
+    from objembed_ros.encoder.checkpoint import resolve_attn
+
+    monkeypatch.setitem(sys.modules, "flash_attn",
+                        types.ModuleType("flash_attn") if installed else None)
+    cuda = torch.device("cuda", 1)
+    fa2 = "flash_attention_2" if installed else "sdpa"
+    assert resolve_attn("auto", cuda, torch.bfloat16) == fa2
+    assert resolve_attn("auto", cuda, torch.float16) == fa2
+    with caplog.at_level(logging.INFO, logger="objembed_ros.encoder.checkpoint"):
+        assert resolve_attn("auto", cuda, torch.float32) == "sdpa"
+    assert ("no torch.float32 kernels" in caplog.text) == installed
+    assert resolve_attn("auto", torch.device("cpu"), torch.bfloat16) == "sdpa"
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        resolve_attn("flash_attention_2", cuda, torch.float32)

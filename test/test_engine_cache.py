@@ -11,7 +11,8 @@ from objembed_ros.accel.engine_cache import (
 )
 
 KEY = EngineKey(graph="projector", model="objembed-2b", onnx_sha256="a" * 64, precision="fp16",
-                gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", tensorrt="10.9.0")
+                gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", tensorrt="10.9.0",
+                box_profile="1/100/300")
 
 
 def test_missing_then_ok_after_record(tmp_path) -> None:
@@ -41,7 +42,7 @@ def test_every_key_field_makes_an_engine_stale(tmp_path) -> None:
 
 def test_file_names_differ_per_gpu_and_precision() -> None:
     names = {dataclasses.replace(KEY, gpu=g, precision=p).filename()
-             for g in ("NVIDIA H100 80GB HBM3", "Orin") for p in ("fp16", "int8")}
+             for g in ("NVIDIA H100 80GB HBM3", "Orin") for p in ("fp16", "bf16")}
     assert len(names) == 4
 
 

@@ -1,9 +1,11 @@
 """Which runtime executes the object projector: torch, onnxruntime or TensorRT.
 
 The choice is a parameter; what is actually available depends on the machine (TensorRT needs
-a CUDA GPU and the tensorrt package, onnxruntime needs its package). An unavailable choice
-falls back along tensorrt -> onnxruntime -> torch, and the reason is returned so the caller
-logs it: a robot operator must be able to see that the engine they asked for is not in use.
+a CUDA GPU and the tensorrt package; onnxruntime needs its package and, on a CUDA device, its
+CUDAExecutionProvider: the CPU build there would run the projector on the host with
+device<->host copies every frame, slower than torch on the GPU). An unavailable choice falls
+back along tensorrt -> onnxruntime -> torch, and the reason is returned so the caller logs
+it: a robot operator must be able to see that the engine they asked for is not in use.
 """
 from __future__ import annotations
 
@@ -35,12 +37,23 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def _ort_providers() -> list[str]:
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
 def backend_unavailable_reason(name: str, device: str) -> str | None:
     """None if `name` can run on `device`, else why not."""
     if name == "torch":
         return None
     if name == "onnxruntime":
-        return None if _has_module("onnxruntime") else "onnxruntime is not installed"
+        if not _has_module("onnxruntime"):
+            return "onnxruntime is not installed"
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in _ort_providers():
+            return ("this onnxruntime has no CUDAExecutionProvider (CPU build): it would run "
+                    f"on the host, not on {device} (install onnxruntime-gpu)")
+        return None
     if name == "tensorrt":
         if not device.startswith("cuda"):
             return f"TensorRT needs a CUDA device, not {device!r}"

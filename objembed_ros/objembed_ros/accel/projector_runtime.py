@@ -15,12 +15,14 @@ outputs. (The encoder itself already passes that box when a frame has none.)
 
 Dtypes: ONNX/TensorRT graphs take and return float32; outputs are cast back to the
 dtype of ``image_embeds`` (bf16 on GPU). Their internal precision is float32 (ORT) or the
-engine's (TensorRT fp16: RoIAlign kept float32), so on a bf16 encoder they are slightly
-*more* precise than the official bf16 projector, not bit-identical to it.
+typed graph's (TensorRT fp16/bf16: RoIAlign sampling, LayerNorm and softmax in float32), so
+on a bf16 encoder they are at least as precise as the official bf16 projector, not
+bit-identical to it.
 
 Stale engines are never used: a TensorRT engine is looked up by its full
-:class:`EngineKey` (ONNX hash, GPU, TensorRT version, precision); a missing or stale one is
-built when ``allow_build`` is set, otherwise :class:`EngineError` says which command builds it.
+:class:`EngineKey` (ONNX hash, GPU, TensorRT version, precision, box profile); a missing or
+stale one is built when ``allow_build`` is set, otherwise :class:`EngineError` says which
+command builds it.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from objembed_ros.accel.backends import BackendChoice, choose_backend
-from objembed_ros.accel.engine_cache import lookup_engine
+from objembed_ros.accel.engine_cache import lookup_engine, model_name
 from objembed_ros.accel.onnx_export import (
     PROJECTOR_INPUTS,
     export_iou_head,
@@ -208,13 +210,15 @@ class ProjectorBackend:
     onnxruntime/tensorrt. model: short name for files and engine keys ("objembed-2b").
     allow_build: export ONNX / build missing or stale TensorRT engines on first use of a
     grid (a TensorRT build takes minutes: do it ahead with model/build_engines.py and leave
-    this off on robots). precision: TensorRT engine precision ("fp16" default).
+    this off on robots). precision: TensorRT engine precision ("fp16" default; "bf16",
+    "fp32"), built from an ONNX graph exported in that precision. max_boxes: the largest
+    box count the engines' optimisation profile accepts (the encoder's max_boxes).
     """
 
     def __init__(self, projector: ObjectProjector, backend: str = "torch",
                  device: torch.device | str = "cpu", cache_dir: str | Path | None = None,
                  model: str = "objembed", checkpoint: str = "", allow_build: bool = False,
-                 precision: str = "fp16", ort_threads: int = 0) -> None:
+                 precision: str = "fp16", ort_threads: int = 0, max_boxes: int = 300) -> None:
         self.projector = projector
         self.device = torch.device(device)
         self.choice: BackendChoice = choose_backend(backend, str(self.device))
@@ -225,6 +229,7 @@ class ProjectorBackend:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.model, self.checkpoint = model, checkpoint
         self.allow_build, self.precision, self.ort_threads = allow_build, precision, ort_threads
+        self.max_boxes = int(max_boxes)
         self._runtimes: dict[tuple[int, int], ProjectorRuntime] = {}
         self._iou = None
         self._wsha: str | None = None
@@ -242,33 +247,32 @@ class ProjectorBackend:
         assert self.cache_dir is not None
         return self.cache_dir / "onnx"
 
-    def _export(self, merged_hw: tuple[int, int] | None) -> Path:
-        kw = dict(model=self.model, checkpoint=self.checkpoint, wsha=self._weights_sha())
+    def _export(self, merged_hw: tuple[int, int] | None, precision: str = "fp32") -> Path:
+        kw = dict(model=self.model, checkpoint=self.checkpoint, wsha=self._weights_sha(),
+                  precision=precision)
         if merged_hw is None:
             return export_iou_head(self.projector, self._onnx_dir(), **kw).path
         return export_projector(self.projector, merged_hw, self._onnx_dir(), **kw).path
 
-    def _engine(self, graph: str, onnx_path: Path, merged_hw: tuple[int, int] | None) -> Path:
+    def _engine(self, graph: str, merged_hw: tuple[int, int] | None) -> Path:
+        """The engine for ``graph`` (typed ONNX exported first), looked up by its full key."""
         from objembed_ros.accel import trt
 
+        onnx_path = self._export(merged_hw, self.precision)
+        profile = trt.Profile.for_graph(graph, self.projector.hidden_size, self.max_boxes)
         gpu, cc = trt.gpu_identity(self.device)
         key = trt.make_engine_key(graph, self.model, onnx_path, self.precision, gpu, cc,
-                                  trt.tensorrt_version())
+                                  trt.tensorrt_version(), profile)
         assert self.cache_dir is not None
         found = lookup_engine(self.cache_dir / "engines", key)
         if found.status == "ok":
             return found.path
-        if not self.allow_build or self.precision == "int8":
+        if not self.allow_build:
             grid = "" if merged_hw is None else f" --grid {merged_hw[0]}x{merged_hw[1]}"
             raise trt.EngineError(
                 f"TensorRT {graph} engine {found.status}: {found.reason}. Build it with: "
                 f"python model/build_engines.py --checkpoint DIR --precision {self.precision}"
-                f"{grid} --cache-dir {self.cache_dir}")
-        d = self.projector.hidden_size
-        if merged_hw is None:
-            profile = trt.Profile({"hidden": (d,)})
-        else:
-            profile = trt.Profile({"boxes": (4,)})
+                f"{grid} --max-boxes {self.max_boxes} --cache-dir {self.cache_dir}")
         log.warning("building TensorRT %s engine (%s): %s", graph, found.reason, found.path)
         return trt.build_engine(onnx_path, found.path, key, profile)
 
@@ -284,9 +288,7 @@ class ProjectorBackend:
         elif name == "onnxruntime":
             rt = OrtProjectorRuntime(self._export(grid), grid, self.device, self.ort_threads)
         else:
-            onnx_path = self._export(grid)
-            rt = TrtProjectorRuntime(self._engine("projector", onnx_path, grid), grid,
-                                     self.device)
+            rt = TrtProjectorRuntime(self._engine("projector", grid), grid, self.device)
         self._runtimes[grid] = rt
         return rt
 
@@ -304,9 +306,7 @@ class ProjectorBackend:
             elif name == "onnxruntime":
                 self._iou = OrtIouRuntime(self._export(None), self.device, self.ort_threads)
             else:
-                onnx_path = self._export(None)
-                self._iou = TrtIouRuntime(self._engine("iou_head", onnx_path, None),
-                                          self.device)
+                self._iou = TrtIouRuntime(self._engine("iou_head", None), self.device)
         return self._iou
 
     def __call__(self, image_embeds: torch.Tensor, ds_second_last: torch.Tensor,
@@ -333,9 +333,9 @@ def install_projector_backend(encoder: ObjEmbedEncoder, name: str = "torch",
     configure time.
     """
     backend = ProjectorBackend(encoder.projector, name, encoder.device, cache_dir,
-                               model=model or encoder.ckpt.path.name.lower(),
+                               model=model or model_name(encoder.ckpt.path),
                                checkpoint=str(encoder.ckpt.path), allow_build=allow_build,
-                               precision=precision)
+                               precision=precision, max_boxes=encoder.max_boxes)
     backend.prepare(grids)
     encoder.projector_backend = None if backend.choice.chosen == "torch" else backend
     return backend.choice

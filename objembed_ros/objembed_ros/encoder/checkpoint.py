@@ -17,6 +17,7 @@ weights, a tokenizer without the four ObjEmbed tokens. Nothing is ever downloade
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ import torch
 from objembed_ros.core.resize import ImageProcessorConfig
 from objembed_ros.encoder.projector import ObjectProjector
 from objembed_ros.encoder.prompts import OBJEMBED_TOKENS, TokenIds, special_token_ids
+
+log = logging.getLogger(__name__)
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -71,19 +74,30 @@ def _shorten(names: Iterable[str], limit: int = 12) -> str:
     return head + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def resolve_attn(attn: str, device: torch.device) -> str:
-    """"auto" -> flash_attention_2 when flash_attn imports and the device is CUDA, else sdpa."""
+def resolve_attn(attn: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """"auto" -> flash_attention_2 on CUDA in fp16/bf16 when flash_attn imports, else sdpa.
+
+    FlashAttention-2 has no float32 kernels: with the node's float32 default every forward
+    would raise, so "auto" then picks sdpa and logs why; an explicit
+    "flash_attention_2" with float32 is refused here rather than on the first frame.
+    """
     if attn not in ("auto", "sdpa", "eager", "flash_attention_2"):
         raise ValueError(f"attn must be auto, sdpa, eager or flash_attention_2, got {attn!r}")
+    half = dtype in (torch.float16, torch.bfloat16)
+    if attn == "flash_attention_2" and not half:
+        raise ValueError(f"attn flash_attention_2 needs dtype float16 or bfloat16, not {dtype}")
     if attn != "auto":
         return attn
-    if device.type == "cuda":
-        try:
-            import flash_attn  # noqa: F401
-        except ImportError:
-            return "sdpa"
-        return "flash_attention_2"
-    return "sdpa"
+    if device.type != "cuda":
+        return "sdpa"
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return "sdpa"
+    if not half:
+        log.info("attn auto: sdpa, not flash_attention_2 (it has no %s kernels)", dtype)
+        return "sdpa"
+    return "flash_attention_2"
 
 
 def _read_json(path: Path) -> dict:
@@ -269,7 +283,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     _check_token_config(config, ids, root)
     image_cfg = ImageProcessorConfig.from_json(root / "preprocessor_config.json")
     weight_files(root)  # fail on missing weights before building anything big
-    attn_impl = resolve_attn(attn, dev)
+    attn_impl = resolve_attn(attn, dev, dtype)
     qwen, projector = _build_modules(config, dev, dtype, attn_impl)
     load_weights(root, qwen, projector, check_finite=check_finite)
     return LoadedCheckpoint(path=root, config=config, qwen=qwen, projector=projector,

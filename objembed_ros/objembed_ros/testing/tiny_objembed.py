@@ -167,11 +167,16 @@ def make_tiny_objembed_checkpoint(path: str | Path, *, use_two_tokens: int = 2,
                                   hidden_size: int = 64, seed: int = 0, sharded: bool = False,
                                   tie_word_embeddings: bool = True,
                                   use_global_caption: bool = True,
-                                  dtype: str = "bfloat16") -> Path:
+                                  dtype: str = "bfloat16",
+                                  text_config: dict | None = None,
+                                  vision_config: dict | None = None) -> Path:
     """Write the checkpoint into ``path`` (created if needed) and return it.
 
     hidden_size: the text hidden size D (a multiple of 8; D > 4000 exercises the wide
     vision-projector branch but is slow). dtype: "bfloat16" (like the release) or "float32".
+    text_config / vision_config: entries that override the tiny sub-configs (e.g. the real
+    2B/4B layer sizes for latency checks with random weights; set ``hidden_size`` through
+    the argument, it also sizes the vision output and the projector).
     """
     from safetensors.torch import save_file
 
@@ -210,6 +215,8 @@ def make_tiny_objembed_checkpoint(path: str | Path, *, use_two_tokens: int = 2,
 
     config = _tiny_config(ids, vocab, hidden_size, use_two_tokens, tie_word_embeddings,
                           use_global_caption, dtype)
+    config["text_config"].update(text_config or {})
+    config["vision_config"].update(vision_config or {})
     (out / "config.json").write_text(json.dumps(config, indent=2))
 
     gen = torch.Generator().manual_seed(seed)
