@@ -25,6 +25,7 @@ import torch
 from objembed_ros.accel import trt
 from objembed_ros.accel.engine_cache import lookup_engine, model_name
 from objembed_ros.accel.onnx_export import export_iou_head, export_projector
+from objembed_ros.accel.projector_runtime import install_projector_backend
 from objembed_ros.encoder.projector import ObjectProjector
 
 D = 64
@@ -330,7 +331,7 @@ def test_engines_built_by_the_recipe_are_found_by_the_node(tiny_objembed_dir: Pa
     assert len(built) == 2 and all("-objembed-tiny-fp16-" in name for name in built)
 
     enc = ObjEmbedEncoder.from_pretrained(link, max_boxes=500)
-    choice = enc.set_projector_backend("tensorrt", cache_dir=cache, grids=[(4, 5)])
+    choice = install_projector_backend(enc, "tensorrt", cache_dir=cache, grids=[(4, 5)])
     assert choice.chosen == "tensorrt"
     assert sorted(p.name for p in (cache / "engines").glob("*.engine")) == built  # no rebuild
     loaded = [c for c in calls if c[0] == "deserialize"]
@@ -338,7 +339,7 @@ def test_engines_built_by_the_recipe_are_found_by_the_node(tiny_objembed_dir: Pa
     # another max_boxes is another profile: the recipe's engines are not used for it
     enc.max_boxes = 2000
     with pytest.raises(trt.EngineError, match="engine missing.*--max-boxes 2000"):
-        enc.set_projector_backend("tensorrt", cache_dir=cache, grids=[(4, 5)])
+        install_projector_backend(enc, "tensorrt", cache_dir=cache, grids=[(4, 5)])
 
 
 # ---------------------------------------------------------------------- version dispatch
