@@ -71,6 +71,9 @@ class GrounderConfig:
     engine_cache_dir: str = ""  # ONNX exports and TensorRT engines; "" = ~/.cache/objembed_ros
     allow_engine_build: bool = True  # export/build missing or stale graphs on first use
     text_cuda_graphs: bool = False  # CUDA only: replay captured graphs for the text pass
+    # "exact" (PIL on the host, the official pixels), "device" (one uint8 upload, resize and
+    # letterbox on the model's device) or "auto" (device on CUDA, exact elsewhere).
+    preprocess: str = "auto"  # one of objembed_ros.encoder.preprocess.PREPROCESS_CHOICES
 
 
 @dataclass
@@ -137,6 +140,9 @@ class Grounder:
         self._model_lock = threading.Lock()
         self.logit_params = encoder.score_params  # the four learned score scalars
         self.backend = "projector backend: torch"  # what runs the projector, and why
+        from objembed_ros.encoder.preprocess import use_preprocess_mode  # torch: lazily
+
+        self.preprocess = use_preprocess_mode(config.preprocess, encoder, proposer)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -229,7 +235,7 @@ class Grounder:
         h, w = rgb.shape[:2]
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        with self._locked(None):
+        with self._locked(None), self.encoder.preprocessor.uploader.sharing(rgb):
             if boxes is not None:
                 boxes_arr = validate_boxes(boxes, w, h, self.config.max_boxes).astype(np.float32)
                 scores = (np.full(len(boxes_arr), np.nan, np.float32) if box_scores is None
