@@ -116,7 +116,7 @@ class WeDetectProposer:
             frame = self.uploader.upload_frame(img, self.device)
             return self._layout(*letterbox_on_device(frame, self.input_size, self.dtype))
         canvas, geo = letterbox(img, self.input_size)
-        x = torch.from_numpy(canvas).to(self.device).permute(2, 0, 1)[None]
+        x = self.uploader.upload(canvas, self.device).permute(2, 0, 1)[None]
         return self._layout(x.to(self.dtype) / 255.0, geo)
 
     def _layout(self, x: torch.Tensor, geo: LetterboxGeometry
