@@ -158,7 +158,7 @@ def calibration_batches(checkpoint: Path, entries: list[tuple[Path, Path | None]
         with torch.inference_mode():
             pre = enc.preprocess(rgb)
             clean = validate_boxes(boxes, width, height, CALIB_BOXES)
-            pix = torch.from_numpy(pre.pixel_values).to(enc.device)
+            pix = enc.preprocessor.pixels_on(pre.pixel_values, enc.device)
             grid = torch.tensor([pre.grid_thw], device=enc.device)
             embeds, deepstack = enc.qwen.get_image_features(pix, grid)
             rboxes = enc._rescale_boxes(clean, pre)

@@ -57,8 +57,8 @@ class StagingUploader:
         key = (tuple(array.shape), array.dtype.str)
         entry = self._buffers.get(key)
         if entry is None:
-            host = torch.from_numpy(np.empty(array.shape, array.dtype))
-            entry = (torch.empty_like(host).pin_memory(), torch.cuda.Event())
+            pinned = torch.from_numpy(np.empty(array.shape, array.dtype)).pin_memory()
+            entry = (pinned, torch.cuda.Event())
             self._buffers.put(key, entry)
         else:
             entry[1].synchronize()  # the previous copy out of this buffer is done

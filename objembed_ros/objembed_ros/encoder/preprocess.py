@@ -5,8 +5,8 @@ Qwen2-VL's ``pixel_values`` (N, 3*P*P) for :class:`FoldedPatchEmbedding`:
 
 * ``"exact"``: :func:`objembed_ros.core.resize.preprocess_image` on the host (PIL bicubic,
   the official pixels bit for bit), then one float32 upload.
-* ``"device"``: one uint8 upload of the frame, then smart-resize (torch bicubic with
-  antialias, rounded to integers like PIL's uint8 output), the official float32 rescale /
+* ``"device"``: one uint8 upload of the frame, then smart-resize (torch's antialiased bicubic
+  in PIL's two rounded passes, ``device_frames.resize_on_device``), the official float32 rescale /
   normalise arithmetic and the patch layout on the model's device. Only the resize differs
   from exact mode (see README "Preprocessing modes" for what that changes in the outputs).
 
@@ -148,8 +148,10 @@ class ImagePreprocessor:
 
     def __init__(self, cfg: ImageProcessorConfig, mode: str = "exact",
                  uploader: StagingUploader | None = None) -> None:
+        if mode not in PREPROCESS_MODES:
+            raise ValueError(f"mode must be one of {PREPROCESS_MODES}, got {mode!r}")
         self.cfg = cfg
-        self.mode = resolve_preprocess_mode(mode, "cpu")
+        self.mode = mode
         self.uploader = uploader or StagingUploader()
 
     def __call__(self, image: np.ndarray, device: torch.device,
