@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from timing import cuda_sync  # bench/ is on sys.path: scripts run from there
 
-from objembed_ros.core.resize import patchify, smart_resize
+from objembed_ros.core.resize import patchify, repeat_temporal, smart_resize
 from objembed_ros.encoder import prompts
 
 OBJ_PREFIX = ("Locate the specific object being described by analyzing its unique "
@@ -65,6 +65,7 @@ class OfficialStylePath:
                             self.cfg.max_pixels)
         resized = np.asarray(img.resize((w, h), Image.BICUBIC))
         pixels, grid_thw = patchify(resized, self.cfg)
+        pixels = repeat_temporal(pixels, self.cfg)  # official layout: the frame twice
         obj_str = "".join(f"Object {j}: <object><object>. " for j in range(len(boxes_list)))
         obj_str = "The coarse global image is <global>. " + obj_str + \
             " The detailed global image is <global>. "

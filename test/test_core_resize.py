@@ -1,6 +1,7 @@
 """smart_resize, RGB conversion and patchify against hand-computed values and transformers."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,8 +11,10 @@ from PIL import Image
 from objembed_ros.core.errors import InputError
 from objembed_ros.core.resize import (
     ImageProcessorConfig,
+    float32_normalisation_is_exact,
     patchify,
     preprocess_image,
+    repeat_temporal,
     resize_rgb,
     smart_resize,
     to_rgb,
@@ -55,19 +58,63 @@ def test_smart_resize_aspect_ratio_limit() -> None:
         smart_resize(0, 20)
 
 
-def test_patchify_equals_transformers_slow_processor(photo_wide: np.ndarray) -> None:
+def _official_pixels(resized: np.ndarray, cfg: ImageProcessorConfig) -> dict:
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
+    ref = Qwen2VLImageProcessor(patch_size=cfg.patch_size, merge_size=cfg.merge_size,
+                                temporal_patch_size=cfg.temporal_patch_size,
+                                image_mean=list(cfg.image_mean), image_std=list(cfg.image_std),
+                                rescale_factor=cfg.rescale_factor)
+    return ref.preprocess(images=resized, do_resize=False, return_tensors="np")
+
+
+def _assert_one_slice_of_official(mine: np.ndarray, official: np.ndarray) -> None:
+    """Our rows are one temporal slice; the official rows hold the frame T=2 times."""
+    assert mine.dtype == official.dtype == np.float32
+    per_slice = official.reshape(official.shape[0], 3, 2, 16 * 16)
+    np.testing.assert_array_equal(mine.reshape(-1, 3, 16 * 16), per_slice[:, :, 0])
+    np.testing.assert_array_equal(mine.reshape(-1, 3, 16 * 16), per_slice[:, :, 1])
+
+
+def test_patchify_equals_transformers_slow_processor(photo_wide: np.ndarray) -> None:
     cfg = ImageProcessorConfig()
     h, w = smart_resize(*photo_wide.shape[:2], 32, 64 * 1024, 300 * 1024)
     resized = resize_rgb(photo_wide, h, w)
-    ref = Qwen2VLImageProcessor(patch_size=16, temporal_patch_size=2, merge_size=2,
-                                image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    out = ref.preprocess(images=resized, do_resize=False, return_tensors="np")
+    out = _official_pixels(resized, cfg)
     mine, grid = patchify(resized, cfg)
     assert grid == tuple(out["image_grid_thw"][0])
-    assert mine.dtype == out["pixel_values"].dtype == np.float32
-    assert np.array_equal(mine, out["pixel_values"])  # bit-exact
+    _assert_one_slice_of_official(mine, out["pixel_values"])  # bit-exact
+    np.testing.assert_array_equal(repeat_temporal(mine, cfg), out["pixel_values"])
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "rocket", "camera"])
+def test_preprocess_image_is_the_official_pixels(name: str) -> None:
+    """The whole exact path on real photos against the official one: PIL bicubic resize to
+    the smart_resize size (qwen_vl_utils' fetch_image), then transformers' processor."""
+    from skimage import data
+
+    image = np.ascontiguousarray(getattr(data, name)())
+    cfg = ImageProcessorConfig()
+    pre = preprocess_image(image, cfg)
+    rgb = np.asarray(Image.fromarray(image).convert("RGB"))
+    h, w = smart_resize(*rgb.shape[:2], 32, cfg.min_pixels, cfg.max_pixels)
+    official = _official_pixels(np.asarray(Image.fromarray(rgb).resize((w, h), Image.BICUBIC)),
+                                cfg)
+    assert pre.grid_thw == tuple(official["image_grid_thw"][0])
+    _assert_one_slice_of_official(pre.pixel_values, official["pixel_values"])
+
+
+@pytest.mark.parametrize("rescale", [1 / 255, 1 / 3.7])
+def test_patchify_table_fallback_is_exact(photo: np.ndarray, rescale: float) -> None:
+    """Where float32 arithmetic cannot reproduce the official float64 rescale (1/3.7), the
+    exact table is gathered instead; both agree with transformers bit for bit."""
+    cfg = dataclasses.replace(ImageProcessorConfig(), rescale_factor=rescale,
+                              image_mean=(0.48145466, 0.4578275, 0.40821073),
+                              image_std=(0.26862954, 0.26130258, 0.27577711))
+    assert float32_normalisation_is_exact(cfg) == (rescale == 1 / 255)
+    resized = resize_rgb(photo, 320, 384)
+    _assert_one_slice_of_official(patchify(resized, cfg)[0],
+                                  _official_pixels(resized, cfg)["pixel_values"])
 
 
 def test_resize_is_pil_bicubic(photo: np.ndarray) -> None:
@@ -106,7 +153,5 @@ def test_config_from_json_and_preprocess(tmp_path, photo: np.ndarray) -> None:
     assert (cfg.factor, cfg.min_pixels, cfg.max_pixels) == (32, MIN_PIXELS, MAX_PIXELS)
     pre = preprocess_image(photo, cfg)
     assert pre.resized_hw == (960, 960) and pre.merged_hw == (30, 30)
-    assert pre.pixel_values.shape == (60 * 60, 3 * 2 * 16 * 16)
-    # temporal repeat: both frames of every patch are the same pixels
-    pv = pre.pixel_values.reshape(-1, 3, 2, 16, 16)
-    assert np.array_equal(pv[:, :, 0], pv[:, :, 1])
+    assert pre.pixel_values.shape == (60 * 60, 3 * 16 * 16)  # one temporal slice
+    assert pre.pixel_values.dtype == np.float32

@@ -11,16 +11,28 @@ resizing off), see the ObjEmbed spec section 3:
    half-to-even), then scaled into [min_pixels, max_pixels]; the ceil branch may exceed
    max_pixels (official behaviour); aspect ratio > 200 raises :class:`InputError`.
 3. ``resize_rgb``: PIL bicubic resize.
-4. ``patchify``: rescale (float64 multiply, cast to float32), normalise in float32,
-   repeat the frame ``temporal_patch_size`` times and lay the patches out exactly as
-   ``Qwen2VLImageProcessor`` does (each merge window contiguous).
+4. ``patchify``: rescale and normalise with the official arithmetic and lay the patches out
+   exactly as ``Qwen2VLImageProcessor`` does (each merge window contiguous), but for ONE
+   temporal slice: the official processor repeats the frame ``temporal_patch_size`` times,
+   and the encoder folds that repeat into its patch embedding instead
+   (``objembed_ros.encoder.preprocess.FoldedPatchEmbedding``). :func:`repeat_temporal`
+   rebuilds the official layout where it is needed.
+
+Cost (the host path of the frame loop): one PIL resize, one strided uint8 -> float32 pass
+straight into the patch layout, then in-place float32 arithmetic. The official rescale
+(``float32(float64(v) * rescale_factor)``) has only 256 inputs per channel, so
+:func:`normalisation_table` computes it exactly and the float32 arithmetic is used only when
+it reproduces that table bit for bit for every value (checked once per config); otherwise
+the table itself is gathered. Either way the pixels equal the official ones bit for bit.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -85,12 +97,14 @@ class ImageProcessorConfig:
 class PreprocessedImage:
     """Model-ready pixels plus the geometry needed to map boxes into them.
 
-    pixel_values: (grid_h*grid_w, 3*temporal*patch*patch) float32, Qwen2-VL patch order.
+    pixel_values: (grid_h*grid_w, 3*patch*patch), Qwen2-VL patch order, ONE temporal slice
+        (see the module docstring): float32 numpy from :func:`preprocess_image` (exact mode),
+        or a tensor already on the model's device (the encoder's device mode).
     grid_thw: (1, grid_h, grid_w) in patches; merged grid is (grid_h/merge, grid_w/merge).
     resized_hw / original_hw: (height, width) in pixels.
     """
 
-    pixel_values: np.ndarray
+    pixel_values: Any
     grid_thw: tuple[int, int, int]
     resized_hw: tuple[int, int]
     original_hw: tuple[int, int]
@@ -168,27 +182,72 @@ def resize_rgb(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(pil.resize((width, height), resample=Image.Resampling.BICUBIC))
 
 
-def patchify(rgb: np.ndarray, cfg: ImageProcessorConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Rescale, normalise and cut an HxWx3 uint8 image into Qwen2-VL's ``pixel_values``.
+def normalisation_table(cfg: ImageProcessorConfig) -> np.ndarray:
+    """(3, 256) float32: the official rescale + normalise of every uint8 value per channel.
 
-    Same arithmetic and layout as ``Qwen2VLImageProcessor._preprocess`` with
-    ``do_resize=False``: returns (grid_h*grid_w, 3*T*P*P) float32 and (1, grid_h, grid_w).
+    Same arithmetic as transformers' ``rescale`` (float64 multiply, cast to float32) and
+    ``normalize`` (float32 ``(x - mean) / std``), so gathering from it is exact by definition.
+    """
+    scaled = (np.arange(256, dtype=np.float64) * cfg.rescale_factor).astype(np.float32)
+    mean = np.asarray(cfg.image_mean, dtype=np.float32)[:, None]
+    std = np.asarray(cfg.image_std, dtype=np.float32)[:, None]
+    return (scaled[None, :] - mean) / std
+
+
+def _normalise_float32(values: np.ndarray, out: np.ndarray, cfg: ImageProcessorConfig,
+                       channel_axis: int) -> np.ndarray:
+    """uint8 ``values`` -> float32 ``out`` (same shape): divide by 1/rescale, subtract the
+    mean, divide by std, all float32 and in place (no float64, no temporaries)."""
+    shape = [1] * out.ndim
+    shape[channel_axis] = 3
+    np.copyto(out, values, casting="unsafe")
+    np.divide(out, np.float32(1.0 / cfg.rescale_factor), out=out)
+    np.subtract(out, np.asarray(cfg.image_mean, dtype=np.float32).reshape(shape), out=out)
+    np.divide(out, np.asarray(cfg.image_std, dtype=np.float32).reshape(shape), out=out)
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def float32_normalisation_is_exact(cfg: ImageProcessorConfig) -> bool:
+    """Whether the fast float32 arithmetic equals the official table for all 256 values of
+    every channel (an exhaustive check, so it then holds for every image)."""
+    values = np.broadcast_to(np.arange(256, dtype=np.uint8), (3, 256))
+    fast = _normalise_float32(values, np.empty((3, 256), np.float32), cfg, channel_axis=0)
+    return bool(np.array_equal(fast, normalisation_table(cfg)))
+
+
+def patchify(rgb: np.ndarray, cfg: ImageProcessorConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Rescale, normalise and cut an HxWx3 uint8 image into ONE temporal slice of Qwen2-VL's
+    ``pixel_values``.
+
+    Returns (grid_h*grid_w, 3*P*P) float32 and (1, grid_h, grid_w); each row equals the first
+    (and every) temporal slice of the official row, bit for bit. The uint8 pixels are read in
+    patch order and converted in the same pass; the arithmetic then runs in place.
     """
     height, width = rgb.shape[:2]
-    p, m, t = cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size
+    p, m = cfg.patch_size, cfg.merge_size
     if height % (p * m) or width % (p * m):
         raise InputError(f"image size {height}x{width} is not a multiple of {p * m}")
-    x = (rgb.astype(np.float64) * cfg.rescale_factor).astype(np.float32)
-    mean = np.asarray(cfg.image_mean, dtype=np.float32)
-    std = np.asarray(cfg.image_std, dtype=np.float32)
-    x = (x - mean) / std
-    x = x.transpose(2, 0, 1)  # C,H,W
     gh, gw = height // p, width // p
-    frames = np.broadcast_to(x[None], (t,) + x.shape)  # T,C,H,W (the frame repeated)
-    patches = frames.reshape(1, t, 3, gh // m, m, p, gw // m, m, p)
-    patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    flat = np.ascontiguousarray(patches.reshape(gh * gw, 3 * t * p * p))
-    return flat, (1, gh, gw)
+    # (H, W, C) -> (gh/m, gw/m, m, m, C, p, p): each merge window contiguous, C,y,x per patch
+    layout = rgb.reshape(gh // m, m, p, gw // m, m, p, 3).transpose(0, 3, 1, 4, 6, 2, 5)
+    out = np.empty(layout.shape, dtype=np.float32)
+    if float32_normalisation_is_exact(cfg):
+        _normalise_float32(layout, out, cfg, channel_axis=4)
+    else:
+        table = normalisation_table(cfg)
+        for c in range(3):
+            np.take(table[c], layout[:, :, :, :, c], out=out[:, :, :, :, c])
+    return out.reshape(gh * gw, 3 * p * p), (1, gh, gw)
+
+
+def repeat_temporal(pixel_values: np.ndarray, cfg: ImageProcessorConfig) -> np.ndarray:
+    """One-slice ``pixel_values`` -> the official (N, 3*T*P*P) layout (the frame repeated T
+    times per channel), for code that feeds an unfolded patch embedding."""
+    n = pixel_values.shape[0]
+    p, t = cfg.patch_size, cfg.temporal_patch_size
+    per_channel = pixel_values.reshape(n, 3, 1, p * p)
+    return np.repeat(per_channel, t, axis=2).reshape(n, 3 * t * p * p)
 
 
 def preprocess_image(image: np.ndarray, cfg: ImageProcessorConfig) -> PreprocessedImage:

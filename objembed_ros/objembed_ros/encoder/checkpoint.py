@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from objembed_ros.core.resize import ImageProcessorConfig
+from objembed_ros.encoder.preprocess import fold_patch_embedding
 from objembed_ros.encoder.projector import ObjectProjector
 from objembed_ros.encoder.prompts import OBJEMBED_TOKENS, TokenIds, special_token_ids
 
@@ -286,6 +287,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     attn_impl = resolve_attn(attn, dev, dtype)
     qwen, projector = _build_modules(config, dev, dtype, attn_impl)
     load_weights(root, qwen, projector, check_finite=check_finite)
+    fold_patch_embedding(qwen.visual)  # one temporal slice in, half the FLOPs (preprocess.py)
     return LoadedCheckpoint(path=root, config=config, qwen=qwen, projector=projector,
                             tokenizer=tokenizer, token_ids=ids, image_config=image_cfg,
                             attrs=attrs, attn_implementation=attn_impl)

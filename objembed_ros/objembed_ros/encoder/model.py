@@ -29,7 +29,7 @@ import torch
 from objembed_ros.core.boxes import validate_boxes
 from objembed_ros.core.cache import LRUCache
 from objembed_ros.core.errors import InputError
-from objembed_ros.core.resize import PreprocessedImage, preprocess_image
+from objembed_ros.core.resize import PreprocessedImage
 from objembed_ros.core.scoring import (
     GroundingScores,
     LogitParams,
@@ -40,6 +40,7 @@ from objembed_ros.core.scoring import (
 from objembed_ros.encoder import prompts
 from objembed_ros.encoder.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from objembed_ros.encoder.hooks import ProjectorHook, TextRunnerHook
+from objembed_ros.encoder.preprocess import ImagePreprocessor
 from objembed_ros.encoder.projector import dummy_box
 
 __all__ = ["CheckpointError", "EncodedFrame", "ObjEmbedEncoder", "logit_params_of"]
@@ -89,6 +90,7 @@ class ObjEmbedEncoder:
         self.tokenizer = loaded.tokenizer
         self.ids = loaded.token_ids
         self.image_config = loaded.image_config
+        self.preprocessor = ImagePreprocessor(self.image_config)  # mode: encoder/preprocess.py
         self.use_two_tokens = loaded.attrs.use_two_tokens
         self.max_boxes = int(max_boxes)
         self.text_cache: LRUCache[tuple[str, str], torch.Tensor] = LRUCache(text_cache_size)
@@ -146,7 +148,7 @@ class ObjEmbedEncoder:
 
     def preprocess(self, rgb: np.ndarray) -> PreprocessedImage:
         """Validate and preprocess an image (InputError on bad input)."""
-        return preprocess_image(rgb, self.image_config)
+        return self.preprocessor(rgb, self.device, self.dtype)
 
     @torch.inference_mode()
     def encode_image(self, rgb: np.ndarray, boxes: Any = None) -> EncodedFrame:
@@ -196,11 +198,7 @@ class ObjEmbedEncoder:
 
         # 1. vision tower: merged tokens E and the deepstack maps
         t = time.perf_counter()
-        pixel_values = torch.from_numpy(pre.pixel_values)
-        if dev.type == "cuda":  # pinned staging buffer -> asynchronous upload
-            pixel_values = pixel_values.pin_memory().to(dev, non_blocking=True)
-        else:
-            pixel_values = pixel_values.to(dev)
+        pixel_values = self.preprocessor.pixels_on(pre.pixel_values, dev)
         grid_thw = torch.tensor([pre.grid_thw], dtype=torch.long)
         image_embeds, deepstack = self.qwen.get_image_features(pixel_values, grid_thw.to(dev))
         embeds = image_embeds[0]

@@ -45,6 +45,9 @@ class GrounderConfig:
     engine_cache_dir: str = ""  # ONNX exports and TensorRT engines; "" = ~/.cache/objembed_ros
     allow_engine_build: bool = True  # export/build missing or stale graphs on first use
     text_cuda_graphs: bool = False  # CUDA only: replay captured graphs for the text pass
+    # "exact" (PIL on the host, the official pixels), "device" (one uint8 upload, resize and
+    # letterbox on the model's device) or "auto" (device on CUDA, exact elsewhere).
+    preprocess: str = "auto"  # one of objembed_ros.encoder.preprocess.PREPROCESS_CHOICES
 
 
 def check_config(config: GrounderConfig) -> None:
@@ -123,6 +126,9 @@ def build_parts(config: GrounderConfig) -> tuple[Any, Proposer, str]:
     check_config(config)
     proposer = build_proposer(config)
     encoder = build_encoder(config)
+    from objembed_ros.encoder.preprocess import use_preprocess_mode  # torch: lazily
+
+    use_preprocess_mode(config.preprocess, encoder, proposer)
     return encoder, proposer, install_accel(encoder, config)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -101,6 +101,13 @@ def _encoded_parts(encoded: Any, props: Proposals) -> dict[str, Any]:
                 iou_logits=host_float32(encoded.iou_logits).reshape(-1))
 
 
+def _one_upload(encoder: Any, rgb: np.ndarray) -> AbstractContextManager[Any]:
+    """Within one frame pass, the encoder and the proposer share one device upload of the
+    frame (encoder/preprocess.py); encoders without a device uploader need nothing."""
+    preprocessor = getattr(encoder, "preprocessor", None)
+    return preprocessor.uploader.sharing(rgb) if preprocessor is not None else nullcontext()
+
+
 class Grounder:
     """Proposer + ObjEmbed encoder + caches. Build with `Grounder.load(config)`, or pass
     already built parts (tests): `proposer=None` builds the configured one."""
@@ -116,6 +123,12 @@ class Grounder:
         self.model_lock = ModelLock()
         self.logit_params = encoder.score_params  # the four learned score scalars
         self.backend = backend  # what runs the projector, and why
+
+    @property
+    def preprocess(self) -> str:
+        """The preprocessing mode in use: "exact" or "device" (encoder/preprocess.py)."""
+        preprocessor = getattr(self.encoder, "preprocessor", None)
+        return preprocessor.mode if preprocessor is not None else "exact"
 
     @classmethod
     def load(cls, config: GrounderConfig) -> Grounder:
@@ -169,7 +182,8 @@ class Grounder:
         _check_rgb(rgb)
         h, w = rgb.shape[:2]
         t0 = time.perf_counter()
-        with self._pass("image pass", request=False, deadline=None) as encoder:
+        with self._pass("image pass", request=False, deadline=None) as encoder, \
+                _one_upload(encoder, rgb):
             if boxes is not None:
                 props = self.supplied.propose(rgb, boxes, box_scores)
             else:

@@ -29,7 +29,9 @@ from objembed_ros.core.letterbox import (
     to_rgb_uint8,
     unletterbox_boxes,
 )
+from objembed_ros.device_frames import StagingUploader
 from objembed_ros.proposals.base import Proposals
+from objembed_ros.proposals.letterbox_device import letterbox_on_device
 from objembed_ros.proposals.select import (
     IOU_THRESHOLD,
     PRE_NMS_TOPK,
@@ -76,6 +78,8 @@ class WeDetectProposer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.dtype = dtype
+        self.preprocess_mode = "exact"  # or "device": letterbox_on_device (see preprocess)
+        self.uploader = StagingUploader()  # the grounder shares the encoder's
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -100,12 +104,20 @@ class WeDetectProposer:
     def preprocess(self, rgb: np.ndarray) -> tuple[torch.Tensor, LetterboxGeometry]:
         """Image -> ([1, 3, S, S] tensor in [0, 1], letterbox geometry).
 
-        Official order: uint8 -> CHW -> cast to the model dtype -> divide by 255.
+        Official order: uint8 -> CHW -> cast to the model dtype -> divide by 255. Exact mode
+        letterboxes with PIL on the host; device mode uploads the uint8 frame and letterboxes
+        on the model's device (``letterbox_on_device``).
         """
         img = to_rgb_uint8(rgb, self.max_pixels)
+        if self.preprocess_mode == "device":
+            frame = self.uploader.upload_frame(img, self.device)
+            return self._layout(*letterbox_on_device(frame, self.input_size, self.dtype))
         canvas, geo = letterbox(img, self.input_size)
-        x = torch.from_numpy(canvas).to(self.device).permute(2, 0, 1)[None]
-        x = x.to(self.dtype) / 255.0
+        x = self.uploader.upload(canvas, self.device).permute(2, 0, 1)[None]
+        return self._layout(x.to(self.dtype) / 255.0, geo)
+
+    def _layout(self, x: torch.Tensor, geo: LetterboxGeometry
+                ) -> tuple[torch.Tensor, LetterboxGeometry]:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, geo
