@@ -115,13 +115,16 @@ def test_results_equal_core(node, core: Grounder, frames: list[np.ndarray]) -> N
     cut = ref[0].objects[2].score
     resp = handle.call_ground(queries=queries[:1], min_score=cut)
     assert all(o.score >= cut - 1e-6 for o in resp.results[0].objects)
-    # supplied boxes re-scored on the cached frame
+    # supplied boxes re-scored on the cached frame; each carries its index in request.boxes
     resp = handle.call_ground(queries=queries[:1], boxes=BOXES[1:3].reshape(-1).tolist())
     want = core.ground_boxes(queries[:1], core.encode_frame(frames[0], boxes=BOXES, cache=False),
                              BOXES[1:3])[0]
-    assert resp.success and [o.proposal_index for o in resp.results[0].objects] == [-1, -1]
-    assert [o.score for o in resp.results[0].objects] == pytest.approx(
-        [o.score for o in want.objects], abs=1e-5)
+    assert resp.success and list(resp.box_status) == ["ok", "ok"]
+    got = {o.proposal_index: o.score for o in resp.results[0].objects}
+    for o in want.objects:  # the reference's boxes name their request row
+        row = int(np.flatnonzero((BOXES[1:3] == np.asarray(o.box, np.float32)).all(1))[0])
+        assert got[row] == pytest.approx(o.score, abs=1e-5)
+    assert sorted(got) == [0, 1]
 
 
 def test_standing_queries_published_per_frame(node, frames: list[np.ndarray]) -> None:
@@ -225,7 +228,7 @@ def test_bad_inputs_are_rejected_counted_and_survived(node, frames: list[np.ndar
         "empty": dict(queries=[""]),
         "no queries": dict(queries=[]),
         "too long": dict(queries=["red " * 100]),
-        "non-finite": dict(queries=["cup"], boxes=[0.0, 0.0, math.nan, 5.0]),
+        "not finite": dict(queries=["cup"], boxes=[0.0, 0.0, math.nan, 5.0]),
         "multiple of 4": dict(queries=["cup"], boxes=[0.0, 0.0, 5.0]),
     }
     for expected, kwargs in checks.items():

@@ -51,7 +51,7 @@ def node_status(node: GroundingNode) -> DiagnosticStatus:
         "rejected_inputs": str(sum(rejected.values())),
         "services_answered": str(node.services_answered),
         "service_failures": str(node.service_failures.total()),
-        "calls_waiting": str(node.services.calls_in_flight),
+        "calls_waiting": str(node.handlers.calls_in_flight),
         "standing_queries": str(len(node.standing)),
         "frame_consumer_errors": str(node.consumer_errors.total()),
         "shared_memory_profile": str(shared_memory_profile()).lower(),

@@ -117,15 +117,15 @@ class GroundingNode(LifecycleNode):
 
         self.inputs = Inputs(self, MutuallyExclusiveCallbackGroup(), self.mailbox.put,
                              self.reject, lambda: self._active)
-        self.services = Services(self)
+        self.handlers = Services(self)
         group = ReentrantCallbackGroup()
-        self.create_service(Ground, "~/ground", self.services.ground, callback_group=group)
-        self.create_service(SetQueries, "~/set_queries", self.services.set_queries,
+        self.create_service(Ground, "~/ground", self.handlers.ground, callback_group=group)
+        self.create_service(SetQueries, "~/set_queries", self.handlers.set_queries,
                             callback_group=group)
-        self.create_service(FindImage, "~/find_image", self.services.find_image,
+        self.create_service(FindImage, "~/find_image", self.handlers.find_image,
                             callback_group=group)
         timers = MutuallyExclusiveCallbackGroup()
-        self.create_timer(WAIT_TICK_S, lambda: self.services.waiters.expire(time.monotonic()),
+        self.create_timer(WAIT_TICK_S, lambda: self.handlers.waiters.expire(time.monotonic()),
                           callback_group=timers)
         # Diagnostics run in every lifecycle state: "unconfigured, checkpoint missing" is
         # exactly what an operator needs to see.
@@ -236,10 +236,10 @@ class GroundingNode(LifecycleNode):
             self.inputs.clear_pending()
             if self.grounder is not None:
                 self.grounder.frames.clear()
-        self.services.abort_all(why)
+        self.handlers.abort_all(why)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.services.abort_all("node cleaned up")
+        self.handlers.abort_all("node cleaned up")
         self.release()
         self.state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
@@ -251,7 +251,7 @@ class GroundingNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.services.abort_all("node error")
+        self.handlers.abort_all("node error")
         self.release()
         self.state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
@@ -340,7 +340,7 @@ class GroundingNode(LifecycleNode):
             if not self._active:  # deactivated during the pass: not cached, not served
                 return
             entry = grounder.frames.add(cam.topic, frame.stamp_ns, frame)
-        self.services.waiters.offer(entry)
+        self.handlers.waiters.offer(entry)
         t_enc = time.monotonic()
         model_s = frame.timings.get("proposals", 0.0) + frame.timings.get("encode", 0.0)
         self.encode_latency.add(model_s)
@@ -460,10 +460,10 @@ def main(args: list[str] | None = None) -> None:
     node.get_logger().info("shutting down")
     node.begin_shutdown()
     grace = time.monotonic() + SHUTDOWN_GRACE_S
-    while node.services.calls_in_flight and time.monotonic() < grace:
+    while node.handlers.calls_in_flight and time.monotonic() < grace:
         executor.spin_once(timeout_sec=0.05)
     node.release(join_timeout=1.0)
-    node.services.pool.shutdown(wait=False, cancel_futures=True)
+    node.handlers.pool.shutdown(wait=False, cancel_futures=True)
     finished = executor.shutdown(timeout_sec=0.5)
     node.destroy_node()
     rclpy.try_shutdown()
