@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,34 @@ def config_dir() -> Path:
 
 def default_params_file() -> Path:
     return config_dir() / "params.yaml"
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by the first SIGINT or SIGTERM (a second one exits at once). Installed
+    explicitly, so it works also where SIGINT starts ignored (a background job of a
+    non-interactive shell)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    return stop
+
+
+def exit_now_if_stuck(code: int, force: bool = False) -> None:
+    """Leave at once when another non-daemon thread is still alive (a model pass cannot be
+    interrupted and would hold the interpreter's exit); call after everything is answered
+    and released."""
+    stuck = [t for t in threading.enumerate()
+             if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if stuck or force:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def ros_environment(

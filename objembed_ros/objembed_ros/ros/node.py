@@ -44,16 +44,13 @@ topic (empty matches any camera).
 """
 from __future__ import annotations
 
-import os
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
@@ -62,7 +59,6 @@ from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
-from visualization_msgs.msg import MarkerArray
 
 from objembed_msgs.msg import GroundedObjectArray
 from objembed_msgs.srv import FindImage, Ground, SetQueries
@@ -70,10 +66,11 @@ from objembed_ros.core.errors import InputError
 from objembed_ros.core.frames import LatestMailbox
 from objembed_ros.core.stats import LatencyWindow, ReasonCounter, Throttle
 from objembed_ros.grounder import CachedFrame, Grounder, GroundingResult
-from objembed_ros.ros import convert, params, viz
+from objembed_ros.ros import convert, params
 from objembed_ros.ros.diagnostics import node_status
 from objembed_ros.ros.inputs import Camera, FrameMeta, Inputs, Job
-from objembed_ros.ros.launcher import die_with_parent
+from objembed_ros.ros.launcher import die_with_parent, exit_now_if_stuck, stop_on_signals
+from objembed_ros.ros.outputs import Outputs
 from objembed_ros.ros.services import Services
 
 NODE_NAME = params.NODE_NAME
@@ -132,10 +129,7 @@ class GroundingNode(LifecycleNode):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(float(self.get_parameter("diagnostics_period").value),
                           self._publish_diagnostics, callback_group=timers)
-        self._groundings_pub: Any = None
-        self._markers_pub: Any = None
-        self._debug_pub: Any = None
-        self._timings_pub: Any = None
+        self.outputs = Outputs(self)
 
     # ------------------------------------------------------------------ extension point
     def add_frame_consumer(self, consumer: FrameConsumer) -> None:
@@ -196,9 +190,10 @@ class GroundingNode(LifecycleNode):
             f"(proposer {config.proposer}, {config.device}, {config.dtype}); {grounder.backend}")
         try:
             self.inputs.create(values)
-            self._create_publishers()
+            self.outputs.create()
         except Exception as exc:
-            self._destroy_io()
+            self.inputs.destroy()
+            self.outputs.destroy()
             grounder.close()
             return self._configure_failed(f"cannot create topics: {type(exc).__name__}: {exc}")
         self.grounder = grounder
@@ -223,8 +218,7 @@ class GroundingNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._deactivate("node deactivated")
-        if self._markers_pub is not None:
-            self._markers_pub.publish(viz.clear_markers())
+        self.outputs.clear_markers()
         return super().on_deactivate(state)
 
     def _deactivate(self, why: str) -> None:
@@ -269,7 +263,8 @@ class GroundingNode(LifecycleNode):
         if self._worker is not None:
             self._worker.join(timeout=join_timeout)
             self._worker = None
-        self._destroy_io()
+        self.inputs.destroy()
+        self.outputs.destroy()
         grounder, self.grounder = self.grounder, None
         if grounder is not None:
             grounder.close()
@@ -278,22 +273,6 @@ class GroundingNode(LifecycleNode):
         """configure + activate, as a lifecycle manager would (param `autostart`)."""
         if self.trigger_configure() == TransitionCallbackReturn.SUCCESS and not self.closing:
             self.trigger_activate()
-
-    # ------------------------------------------------------------------ topics
-    def _create_publishers(self) -> None:
-        self._groundings_pub = self.create_lifecycle_publisher(
-            GroundedObjectArray, "~/groundings", 10)
-        self._markers_pub = self.create_lifecycle_publisher(MarkerArray, "~/markers", 10)
-        self._debug_pub = self.create_lifecycle_publisher(Image, "~/debug_image", 1)
-        # per-frame stage timings, header = source image header (for benches and profiling)
-        self._timings_pub = self.create_lifecycle_publisher(DiagnosticArray, "~/timings", 10)
-
-    def _destroy_io(self) -> None:
-        self.inputs.destroy()
-        for pub in (self._groundings_pub, self._markers_pub, self._debug_pub, self._timings_pub):
-            if pub is not None:
-                self.destroy_lifecycle_publisher(pub)
-        self._groundings_pub = self._markers_pub = self._debug_pub = self._timings_pub = None
 
     def reject(self, where: str, reason: str, message: str) -> None:
         """Count a bad input and warn, at most once per 5 s per kind."""
@@ -347,21 +326,20 @@ class GroundingNode(LifecycleNode):
         cam.rate_encoded.tick()
         results = self._ground_standing(grounder, frame)
         arrays = [convert.result_to_msg(r, msg.header) for r in results]
-        for arr in arrays:
-            self._groundings_pub.publish(arr)
+        self.outputs.publish_groundings(arrays)
         t_pub = time.monotonic()
         if arrays:
             total = t_pub - received
             self.frame_latency.add(total)
             self.overhead_latency.add(max(total - model_s, 0.0))
-        self._publish_visuals(frame, arrays)
+        self.outputs.publish_visuals(frame, arrays)
         self._call_consumers(frame, results, msg.header, cam.topic)
-        if self._timings_pub is not None and self._timings_pub.get_subscription_count() > 0:
+        if self.outputs.wants_timings():
             stages = dict(frame.timings)
             stages.update(queue=t_start - received, convert=t_conv - t_start,
                           ground_publish=t_pub - t_enc, model=model_s,
                           node_total=t_pub - received)
-            self._timings_pub.publish(self._timings_msg(msg.header, cam.topic, stages))
+            self.outputs.publish_timings(msg.header, cam.topic, stages)
 
     def _ground_standing(self, grounder: Grounder, frame: CachedFrame) -> list[GroundingResult]:
         queries = list(self.standing)
@@ -389,23 +367,6 @@ class GroundingNode(LifecycleNode):
                     self.get_logger().error(f"frame consumer {name} failed: "
                                             f"{type(exc).__name__}: {exc}")
 
-    def _timings_msg(self, header: Header, camera: str, stages: dict[str, float]) -> Any:
-        status = DiagnosticStatus(name=f"{self.get_name()}: frame timings", hardware_id=camera,
-                                  message="seconds per stage")
-        status.values = [KeyValue(key=k, value=f"{v:.6f}") for k, v in stages.items()]
-        return DiagnosticArray(header=header, status=[status])
-
-    def _publish_visuals(self, frame: CachedFrame, arrays: list[GroundedObjectArray]) -> None:
-        """Markers and the overlay cost nothing unless someone subscribes."""
-        n = int(self.get_parameter("debug_max_objects").value)
-        if (self._markers_pub is not None and self.get_parameter("publish_markers").value
-                and self._markers_pub.get_subscription_count() > 0):
-            self._markers_pub.publish(viz.markers_for(
-                arrays, float(self.get_parameter("marker_lifetime").value), n))
-        if self._debug_pub is not None and self._debug_pub.get_subscription_count() > 0:
-            overlay = viz.draw_overlay(frame.rgb, arrays, n)
-            self._debug_pub.publish(convert.rgb_to_image(overlay, frame.meta.header))
-
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> DiagnosticStatus:
         return node_status(self)
@@ -416,32 +377,12 @@ class GroundingNode(LifecycleNode):
         self._diag_pub.publish(msg)
 
 
-def _exit_now_if_stuck(code: int) -> None:
-    """Leave at once when a thread is still inside a model pass (it cannot be interrupted and
-    would hold the interpreter's exit); everything that matters is answered and released."""
-    stuck = [t for t in threading.enumerate()
-             if t is not threading.main_thread() and t.is_alive() and not t.daemon]
-    if stuck:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
 def main(args: list[str] | None = None) -> None:
     die_with_parent()
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if stop.is_set():  # a second signal: leave now
-            os._exit(128 + signum)
-        stop.set()
-
-    # Installed explicitly: a background job of a non-interactive shell starts with SIGINT
-    # ignored, and rclpy's own handlers would shut the context down before calls in flight
+    # Our handlers, not rclpy's: rclpy's would shut the context down before calls in flight
     # could be answered.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = stop_on_signals()
     node = GroundingNode()
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
@@ -467,9 +408,7 @@ def main(args: list[str] | None = None) -> None:
     finished = executor.shutdown(timeout_sec=0.5)
     node.destroy_node()
     rclpy.try_shutdown()
-    _exit_now_if_stuck(0)
-    if not finished:
-        os._exit(0)
+    exit_now_if_stuck(0, force=not finished)
 
 
 if __name__ == "__main__":
