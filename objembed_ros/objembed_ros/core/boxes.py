@@ -129,8 +129,9 @@ def request_indices(scored_boxes: list[tuple[float, ...]], scored_index: list[in
 
     scored_index: the index the grounder reports for each scored box among the boxes it was
     given (`kept`), or -1 when it reports none; then the box is matched to the first unused
-    kept box with the same float32 coordinates (identical boxes score identically, so the
-    match is exact either way).
+    kept box with the same float32 coordinates. That match is exact unless a request repeats
+    a box: repeated boxes can score differently (object tokens share one sequence), and only
+    an index from the grounder tells them apart.
     """
     kept32 = np.asarray(kept, dtype=np.float32).reshape(-1, 4)
     used = np.zeros(len(kept32), dtype=bool)
