@@ -12,7 +12,6 @@ from objembed_ros.core.selection import (
     FrameWaiters,
     Wait,
     accepts,
-    model_deadline,
     pick_frame,
     validate_min_score,
     validate_timeout,
@@ -36,11 +35,6 @@ def test_large_timeouts_are_clamped_and_say_so() -> None:
 def test_min_score_outside_unit_interval_is_refused(bad: float) -> None:
     with pytest.raises(InputError, match="min_score"):
         validate_min_score(bad)
-
-
-def test_model_deadline_uses_call_timeout_else_default() -> None:
-    assert model_deadline(100.0, Wait(2.0), 5.0) == 102.0
-    assert model_deadline(100.0, Wait(0.0), 5.0) == 105.0
 
 
 def entry(camera: str, stamp: int, received: float, seq: int) -> Stamped[float]:

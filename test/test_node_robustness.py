@@ -116,9 +116,9 @@ def test_sixteen_fresh_waiters_during_a_stream(node, rgb: np.ndarray) -> None:
     handle, _ = node
     last = publish_until_served(handle, rgb, 10_000_000_000)
     last_stamp = last.results[0].header.stamp
-    futures = [handle.client.node.create_client(Ground, f"{NODE}/ground").call_async(
-        Ground.Request(queries=["a face"], camera="image", wait_for_fresh_frame=True,
-                       timeout=MAX_WAIT)) for _ in range(16)]
+    futures = [handle.ground.call_async(Ground.Request(  # one client, 16 calls
+        queries=["a face"], camera="image", wait_for_fresh_frame=True, timeout=MAX_WAIT))
+        for _ in range(16)]
     time.sleep(0.5)  # the calls are waiting now: no newer frame was published
     plain = handle.call(handle.ground, Ground.Request(queries=["a face"], camera="image"))
     assert plain.success and plain.results[0].header.stamp == last_stamp
@@ -134,7 +134,8 @@ def test_sixteen_fresh_waiters_during_a_stream(node, rgb: np.ndarray) -> None:
     streamer = threading.Thread(target=stream)
     streamer.start()
     try:
-        handle.client.wait_for(lambda: all(f.done() for f in futures), CALL_BOUND, "answers")
+        handle.client.wait_for(lambda: all(f.done() for f in futures), CALL_BOUND,
+                               f"answers ({sum(f.done() for f in futures)} of 16)")
     finally:
         stop.set()
         streamer.join()
@@ -265,7 +266,7 @@ def test_transport_health_warns_when_most_frames_are_lost(node, rgb: np.ndarray)
     deadline = time.monotonic() + 30
     while True:
         seen = len(handle.diagnostics)
-        handle.client.wait_for(lambda: len(handle.diagnostics) > seen, 10, "diagnostics")
+        handle.client.wait_for(lambda n=seen: len(handle.diagnostics) > n, 10, "diagnostics")
         status = handle.diagnostics[-1].status[0]
         values = {kv.key: kv.value for kv in status.values}
         lost = float(values.get(f"{NS}/lossy_image: frames_lost_percent", "0"))

@@ -55,12 +55,6 @@ def validate_top_k(value: int) -> int:
     return int(value)
 
 
-def model_deadline(called_at: float, wait: Wait, default_timeout: float) -> float:
-    """Until when a call may wait for the model: its own timeout when it gave one, else the
-    node's default_timeout, counted from the start of the call."""
-    return called_at + (wait.seconds if wait.seconds > 0 else default_timeout)
-
-
 @dataclass(frozen=True)
 class FrameQuery:
     """What a call asks of the frame cache."""

@@ -56,6 +56,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -76,6 +77,9 @@ from objembed_ros.ros.services import Services
 NODE_NAME = params.NODE_NAME
 WAIT_TICK_S = 0.05  # how often expired frame waits are answered
 SHUTDOWN_GRACE_S = 1.0  # time pending calls get to receive their "shutting down" answer
+# Requests queue (reliable, deep): a burst of calls must not push earlier ones out of the
+# reader's history before the executor takes them (the default depth 10 loses the 11th).
+SERVICE_QOS = QoSProfile(depth=1000)
 
 # fn(frame, results of the standing queries, source header, resolved image topic)
 FrameConsumer = Callable[[CachedFrame, list[GroundingResult], Header, str], None]
@@ -116,11 +120,11 @@ class GroundingNode(LifecycleNode):
                              self.reject, lambda: self._active)
         self.handlers = Services(self)
         group = ReentrantCallbackGroup()
-        self.create_service(Ground, "~/ground", self.handlers.ground, callback_group=group)
-        self.create_service(SetQueries, "~/set_queries", self.handlers.set_queries,
-                            callback_group=group)
-        self.create_service(FindImage, "~/find_image", self.handlers.find_image,
-                            callback_group=group)
+        for srv_type, name, handler in ((Ground, "~/ground", self.handlers.ground),
+                                        (SetQueries, "~/set_queries", self.handlers.set_queries),
+                                        (FindImage, "~/find_image", self.handlers.find_image)):
+            self.create_service(srv_type, name, handler, qos_profile=SERVICE_QOS,
+                                callback_group=group)
         timers = MutuallyExclusiveCallbackGroup()
         self.create_timer(WAIT_TICK_S, lambda: self.handlers.waiters.expire(time.monotonic()),
                           callback_group=timers)

@@ -34,7 +34,6 @@ from objembed_ros.core.selection import (
     Wait,
     accepts,
     fmt_stamp,
-    model_deadline,
     pick_frame,
     validate_min_score,
     validate_timeout,
@@ -245,7 +244,8 @@ class Services:
         queries = await self._off_thread(lambda: grounder.check_queries(texts))
         entry = await self._select(query, wait)
         frame = entry.item
-        deadline = model_deadline(t_call, wait, float(node.get_parameter("default_timeout").value))
+        # the model wait starts when the frame is chosen: a long frame wait does not eat it
+        deadline = time.monotonic() + float(node.get_parameter("default_timeout").value)
         if flat is None:
             results = await self._off_thread(lambda: [
                 node.inputs.with_positions(r, frame) for r in grounder.ground(
