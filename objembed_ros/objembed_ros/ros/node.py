@@ -70,7 +70,7 @@ from objembed_ros.grounder import CachedFrame, Grounder, GroundingResult
 from objembed_ros.ros import convert, params
 from objembed_ros.ros.diagnostics import node_status
 from objembed_ros.ros.inputs import Camera, FrameMeta, Inputs, Job
-from objembed_ros.ros.launcher import die_with_parent, exit_now_if_stuck, stop_on_signals
+from objembed_ros.ros.launcher import die_with_parent, exit_now, stop_on_signals
 from objembed_ros.ros.outputs import Outputs
 from objembed_ros.ros.services import Services
 
@@ -409,10 +409,10 @@ def main(args: list[str] | None = None) -> None:
         executor.spin_once(timeout_sec=0.05)
     node.release(join_timeout=1.0)
     node.handlers.pool.shutdown(wait=False, cancel_futures=True)
-    finished = executor.shutdown(timeout_sec=0.5)
+    executor.shutdown(timeout_sec=0.5)
     node.destroy_node()
     rclpy.try_shutdown()
-    exit_now_if_stuck(0, force=not finished)
+    exit_now(0)
 
 
 if __name__ == "__main__":
