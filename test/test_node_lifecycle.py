@@ -159,3 +159,14 @@ def test_lifecycle_states_are_enforced(launch_node, ros_client, tiny_objembed_di
     resp = ros_client.call(ground, Ground.Request(queries=["a face"]), 60)
     assert not resp.success and resp.message == "model not ready (node unconfigured)"
     assert proc.alive()
+
+
+def test_params_yaml_matches_the_parameter_table() -> None:
+    """Every parameter in the shipped YAML, with the table's default (and nothing else)."""
+    import yaml
+
+    from objembed_ros.ros.params import PARAMETERS
+
+    shipped = yaml.safe_load(default_params_file().read_text())
+    (section,) = shipped.values()  # one node section, whatever its key
+    assert section["ros__parameters"] == {p.name: p.default for p in PARAMETERS}

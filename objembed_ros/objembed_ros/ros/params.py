@@ -121,11 +121,12 @@ PARAMETERS: tuple[Param, ...] = (
            "Ground calls refuse a cached frame older than this many seconds (by receive "
            "time); 0 disables the check.", float_range=(0.0, 3600.0)),
     Param("default_timeout", 5.0, ParameterType.PARAMETER_DOUBLE,
-           "Seconds a service call may wait for the model when its request gives no timeout.",
+           "Seconds a service call may wait for the model (text passes, supplied boxes, query "
+           "images), counted from when its frame is chosen.",
            float_range=(0.0, 600.0)),
     Param("max_wait", 30.0, ParameterType.PARAMETER_DOUBLE,
-           "Longest wait a service call may ask for (Ground.timeout): larger timeouts are "
-           "clamped to this and the answer says so.", float_range=(0.0, 3600.0)),
+           "Longest frame wait a service call may ask for (Ground.timeout): larger timeouts "
+           "are clamped to this and the answer says so.", float_range=(0.0, 3600.0)),
 )
 
 
