@@ -132,8 +132,8 @@ def test_transport_meter_counts_lost_frames_from_stamps() -> None:
 
     period = 33_333_333  # a 30 Hz camera
     meter = TransportMeter(window_s=5.0)
-    # 90 frames sent over 3 s; frames 0..9 arrive, then 1 in 9 (frames 9k)
-    sent = [i for i in range(90) if i < 10 or i % 9 == 0]
+    # 90 frames sent over 3 s; frames 0..3 arrive, then 1 in 9 (frames 9k): most gaps are 9
+    sent = [i for i in range(90) if i < 4 or i % 9 == 0]
     for i in sent:
         meter.arrived(i * period, now=i / 30, frame_bytes=921_600)
     health = meter.health(now=81 / 30)
