@@ -185,25 +185,51 @@ def test_3d_on_a_synthetic_plane(node, frames: list[np.ndarray], encoding: str) 
         assert o.size.x == pytest.approx((o.x2 - o.x1) / FX * o.position.z, rel=1e-4)
 
 
-def test_find_image(node, frames: list[np.ndarray]) -> None:
+def test_find_image(node, core: Grounder, frames: list[np.ndarray]) -> None:
+    """Scores equal an independent run of the core on the same pixels; a cached frame matches
+    itself with cosine 1 and the score the image logit scale/bias give for cosine 1."""
     handle, _ = node
     call = handle.client.call
+    camera = f"{NS}/image"
+    stamps = {7_000_000_000: frames[0], 7_100_000_000: frames[1]}
+    for stamp, rgb in stamps.items():
+        handle.publish_frame(rgb, stamp, BOXES, SCORES)
+        core.encode_frame(rgb, stamp, camera, boxes=BOXES, box_scores=SCORES)  # core's cache
+
+    def check(resp, want) -> None:
+        assert resp.success, resp.message
+        got = {m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec: m
+               for m in resp.matches}
+        for w in want:
+            m = got[w.stamp_ns]  # both frames are among the node's matches
+            assert m.camera == camera
+            assert m.score == pytest.approx(w.score, abs=1e-5)
+            assert m.cosine == pytest.approx(w.cosine, abs=1e-5)
+        scores = [m.score for m in resp.matches]
+        assert scores == sorted(scores, reverse=True)
+
     resp = call(handle.find_image, FindImage.Request(query_type=FindImage.Request.QUERY_TEXT,
                                                      text="an astronaut", camera="image"))
-    assert resp.success and len(resp.matches) >= 2
-    assert all(m.camera == f"{NS}/image" and 0 <= m.score <= 1 for m in resp.matches)
-    scores = [m.score for m in resp.matches]
-    assert scores == sorted(scores, reverse=True)
-    stamp = resp.matches[0].header.stamp
-    resp = call(handle.find_image, FindImage.Request(
-        query_type=FindImage.Request.QUERY_CACHED_FRAME, frame_stamp=stamp, top_k=1))
-    assert resp.success and resp.matches[0].header.stamp == stamp
-    assert resp.matches[0].cosine == pytest.approx(1.0, abs=1e-5)
+    check(resp, core.find_frames(text="an astronaut", camera=camera))
     from objembed_ros.ros.convert import rgb_to_image
 
     resp = call(handle.find_image, FindImage.Request(
+        query_type=FindImage.Request.QUERY_IMAGE, image=rgb_to_image(frames[0]),
+        camera="image"))
+    check(resp, core.find_frames(image=frames[0], camera=camera))
+    resp = call(handle.find_image, FindImage.Request(
         query_type=FindImage.Request.QUERY_IMAGE, image=rgb_to_image(frames[0]), top_k=2))
     assert resp.success and len(resp.matches) == 2
+    stamp = header(7_100_000_000).stamp
+    resp = call(handle.find_image, FindImage.Request(
+        query_type=FindImage.Request.QUERY_CACHED_FRAME, frame_stamp=stamp))
+    p = core.logit_params
+    self_score = 1 / (1 + math.exp(-(math.exp(p.logit_image_log_scale) + p.logit_image_bias)))
+    assert resp.success, resp.message
+    (itself,) = [m for m in resp.matches if m.header.stamp == stamp]  # (same pixels tie)
+    assert itself.cosine == pytest.approx(1.0, abs=1e-5)
+    assert itself.score == pytest.approx(self_score, abs=1e-5)
+    assert resp.matches[0].score == pytest.approx(self_score, abs=1e-5)  # nothing beats it
     bad = call(handle.find_image, FindImage.Request(
         query_type=FindImage.Request.QUERY_IMAGE,
         image=Image(height=2, width=2, encoding="yuv422", step=4, data=bytes(8))))
