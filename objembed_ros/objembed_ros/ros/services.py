@@ -147,8 +147,7 @@ class Services:
                 holder["error"] = err
             self.pending.finish(key, holder)
 
-        if self.node.closing:
-            raise Aborted("shutting down")
+        self._check_state()
         key, future = self.pending.new(self.node.executor)
         self.pending.attach(key, self.pool.submit(run))
         result = await future
@@ -160,6 +159,7 @@ class Services:
 
     async def _wait_frame(self, query: FrameQuery, deadline: float) -> Stamped[CachedFrame] | None:
         """The first cached frame the query accepts, or None at the deadline."""
+        self._check_state()
         grounder = self.node.grounder
         key, future = self.pending.new(self.node.executor)
 
@@ -178,6 +178,12 @@ class Services:
         if isinstance(result, Aborted):
             raise result
         return result
+
+    def _check_state(self) -> None:
+        """Between the awaits of a call the node may have been deactivated or be closing."""
+        refusal = self.node.refusal()
+        if refusal is not None:
+            raise Aborted(refusal[1])
 
     def _fail(self, response: Any, kind: str, message: str) -> Any:
         self.node.service_failures.add(kind)
