@@ -47,7 +47,8 @@ def run(checkpoint: str, sizes: list[tuple[int, int]], frames: int) -> dict:
     proc = start_node(params_file=default_params_file(), namespace="bench", log_path=log,
                       parameters={"checkpoint": checkpoint, "proposer": "external",
                                   "standing_queries": ["a person"], "top_k": 10,
-                                  "qos_reliability": "reliable"})
+                                  "qos_overrides./bench/image.subscription.reliability":
+                                      "reliable"})
     client = RosClient("bench_client")
     got: dict[int, float] = {}
     timings: dict[int, dict[str, float]] = {}

@@ -125,3 +125,63 @@ def test_meters() -> None:
     throttle = Throttle(5.0)
     assert throttle.ready("x", now=0.0) and not throttle.ready("x", now=4.0)
     assert throttle.ready("y", now=4.0) and throttle.ready("x", now=5.5)
+
+
+def test_transport_meter_counts_lost_frames_from_stamps() -> None:
+    from objembed_ros.core.stats import TransportMeter
+
+    period = 33_333_333  # a 30 Hz camera
+    meter = TransportMeter(window_s=5.0)
+    # 90 frames sent over 3 s; frames 0..3 arrive, then 1 in 9 (frames 9k): most gaps are 9
+    sent = [i for i in range(90) if i < 4 or i % 9 == 0]
+    for i in sent:
+        meter.arrived(i * period, now=i / 30, frame_bytes=921_600)
+    health = meter.health(now=81 / 30)
+    assert sent[-1] == 81  # stamps 0..81: 82 frames were sent up to the last one received
+    assert health.expected_frames == pytest.approx(82, abs=1e-6)
+    assert health.lost_fraction == pytest.approx(1 - len(sent) / 82)
+    assert health.mostly_lost
+    assert health.expected_hz == pytest.approx(health.received_hz * 82 / len(sent))
+    # nothing lost: a steady stream with 1 ms jitter
+    steady = TransportMeter(window_s=5.0)
+    for i in range(60):
+        steady.arrived(i * period + (i % 2) * 1_000_000, now=i / 30)
+    h = steady.health(now=59 / 30)
+    assert h.lost_fraction < 0.02 and not h.mostly_lost
+
+
+def test_transport_meter_uses_lost_events_and_resets_on_replay() -> None:
+    from objembed_ros.core.stats import TransportMeter
+
+    meter = TransportMeter(window_s=5.0)
+    for i in range(0, 40, 4):  # only every 4th stamp, never two consecutive
+        meter.arrived(i * 10, now=i * 0.01)
+    meter.lost(30, now=0.4)  # the middleware says 30 were lost
+    assert meter.health(now=0.4).lost_fraction == pytest.approx(30 / 40)
+    meter.arrived(0, now=0.5)  # stamps went backwards: a replay restarted
+    assert meter.health(now=0.5).expected_frames == pytest.approx(1.0)
+
+
+def test_transport_cause_names_the_shared_memory_profile() -> None:
+    from objembed_ros.core.stats import transport_cause
+
+    assert "shared-memory" in transport_cause(False, 921_600, shared_memory=False)
+    assert "900 KiB" in transport_cause(False, 921_600, shared_memory=False)
+    assert transport_cause(False, 1000, shared_memory=False).startswith("best-effort QoS:")
+    assert transport_cause(True, 921_600, shared_memory=False).startswith("reliable QoS")
+
+
+def test_external_pairing_rules() -> None:
+    from objembed_ros.core.pairing import pair_newest_image
+
+    images: StampBuffer[str] = StampBuffer(4)
+    props: StampBuffer[tuple[str, str]] = StampBuffer(4)
+    images.add(1_000, "img1")
+    images.add(2_000, "img2")
+    props.add(2_005, ("/other", "boxes-other"))
+    assert pair_newest_image(images, props, 10, "/cam", lambda p: p[0]) is None
+    props.add(1_990, ("/cam", "boxes-cam"))
+    props.add(2_001, ("", "boxes-any"))  # empty camera matches any, and is nearest
+    assert pair_newest_image(images, props, 10, "/cam", lambda p: p[0]) == (
+        2_000, "img2", ("", "boxes-any"))
+    assert len(images) == 0  # older waiting images are dropped once one pairs

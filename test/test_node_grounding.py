@@ -115,13 +115,16 @@ def test_results_equal_core(node, core: Grounder, frames: list[np.ndarray]) -> N
     cut = ref[0].objects[2].score
     resp = handle.call_ground(queries=queries[:1], min_score=cut)
     assert all(o.score >= cut - 1e-6 for o in resp.results[0].objects)
-    # supplied boxes re-scored on the cached frame
+    # supplied boxes re-scored on the cached frame; each carries its index in request.boxes
     resp = handle.call_ground(queries=queries[:1], boxes=BOXES[1:3].reshape(-1).tolist())
     want = core.ground_boxes(queries[:1], core.encode_frame(frames[0], boxes=BOXES, cache=False),
                              BOXES[1:3])[0]
-    assert resp.success and [o.proposal_index for o in resp.results[0].objects] == [-1, -1]
-    assert [o.score for o in resp.results[0].objects] == pytest.approx(
-        [o.score for o in want.objects], abs=1e-5)
+    assert resp.success and list(resp.box_status) == ["ok", "ok"]
+    got = {o.proposal_index: o.score for o in resp.results[0].objects}
+    for o in want.objects:  # the reference's boxes name their request row
+        row = int(np.flatnonzero((BOXES[1:3] == np.asarray(o.box, np.float32)).all(1))[0])
+        assert got[row] == pytest.approx(o.score, abs=1e-5)
+    assert sorted(got) == [0, 1]
 
 
 def test_standing_queries_published_per_frame(node, frames: list[np.ndarray]) -> None:
@@ -182,25 +185,51 @@ def test_3d_on_a_synthetic_plane(node, frames: list[np.ndarray], encoding: str) 
         assert o.size.x == pytest.approx((o.x2 - o.x1) / FX * o.position.z, rel=1e-4)
 
 
-def test_find_image(node, frames: list[np.ndarray]) -> None:
+def test_find_image(node, core: Grounder, frames: list[np.ndarray]) -> None:
+    """Scores equal an independent run of the core on the same pixels; a cached frame matches
+    itself with cosine 1 and the score the image logit scale/bias give for cosine 1."""
     handle, _ = node
     call = handle.client.call
+    camera = f"{NS}/image"
+    stamps = {7_000_000_000: frames[0], 7_100_000_000: frames[1]}
+    for stamp, rgb in stamps.items():
+        handle.publish_frame(rgb, stamp, BOXES, SCORES)
+        core.encode_frame(rgb, stamp, camera, boxes=BOXES, box_scores=SCORES)  # core's cache
+
+    def check(resp, want) -> None:
+        assert resp.success, resp.message
+        got = {m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec: m
+               for m in resp.matches}
+        for w in want:
+            m = got[w.stamp_ns]  # both frames are among the node's matches
+            assert m.camera == camera
+            assert m.score == pytest.approx(w.score, abs=1e-5)
+            assert m.cosine == pytest.approx(w.cosine, abs=1e-5)
+        scores = [m.score for m in resp.matches]
+        assert scores == sorted(scores, reverse=True)
+
     resp = call(handle.find_image, FindImage.Request(query_type=FindImage.Request.QUERY_TEXT,
                                                      text="an astronaut", camera="image"))
-    assert resp.success and len(resp.matches) >= 2
-    assert all(m.camera == f"{NS}/image" and 0 <= m.score <= 1 for m in resp.matches)
-    scores = [m.score for m in resp.matches]
-    assert scores == sorted(scores, reverse=True)
-    stamp = resp.matches[0].header.stamp
-    resp = call(handle.find_image, FindImage.Request(
-        query_type=FindImage.Request.QUERY_CACHED_FRAME, frame_stamp=stamp, top_k=1))
-    assert resp.success and resp.matches[0].header.stamp == stamp
-    assert resp.matches[0].cosine == pytest.approx(1.0, abs=1e-5)
+    check(resp, core.find_frames(text="an astronaut", camera=camera))
     from objembed_ros.ros.convert import rgb_to_image
 
     resp = call(handle.find_image, FindImage.Request(
+        query_type=FindImage.Request.QUERY_IMAGE, image=rgb_to_image(frames[0]),
+        camera="image"))
+    check(resp, core.find_frames(image=frames[0], camera=camera))
+    resp = call(handle.find_image, FindImage.Request(
         query_type=FindImage.Request.QUERY_IMAGE, image=rgb_to_image(frames[0]), top_k=2))
     assert resp.success and len(resp.matches) == 2
+    stamp = header(7_100_000_000).stamp
+    resp = call(handle.find_image, FindImage.Request(
+        query_type=FindImage.Request.QUERY_CACHED_FRAME, frame_stamp=stamp))
+    p = core.logit_params
+    self_score = 1 / (1 + math.exp(-(math.exp(p.logit_image_log_scale) + p.logit_image_bias)))
+    assert resp.success, resp.message
+    (itself,) = [m for m in resp.matches if m.header.stamp == stamp]  # (same pixels tie)
+    assert itself.cosine == pytest.approx(1.0, abs=1e-5)
+    assert itself.score == pytest.approx(self_score, abs=1e-5)
+    assert resp.matches[0].score == pytest.approx(self_score, abs=1e-5)  # nothing beats it
     bad = call(handle.find_image, FindImage.Request(
         query_type=FindImage.Request.QUERY_IMAGE,
         image=Image(height=2, width=2, encoding="yuv422", step=4, data=bytes(8))))
@@ -225,7 +254,7 @@ def test_bad_inputs_are_rejected_counted_and_survived(node, frames: list[np.ndar
         "empty": dict(queries=[""]),
         "no queries": dict(queries=[]),
         "too long": dict(queries=["red " * 100]),
-        "non-finite": dict(queries=["cup"], boxes=[0.0, 0.0, math.nan, 5.0]),
+        "not finite": dict(queries=["cup"], boxes=[0.0, 0.0, math.nan, 5.0]),
         "multiple of 4": dict(queries=["cup"], boxes=[0.0, 0.0, 5.0]),
     }
     for expected, kwargs in checks.items():

@@ -104,12 +104,14 @@ def test_camera_info_and_boxes() -> None:
     info.k = [500.0, 0.0, 320.0, 0.0, 500.0, 240.0, 0.0, 0.0, 1.0]
     k = camera_info_to_intrinsics(info)
     assert k is not None and (k.fx, k.cx, k.width) == (500.0, 320.0, 640)
-    assert boxes_from_flat([1, 2, 3, 4, 5, 6, 7, 8]).shape == (2, 4)
-    assert boxes_from_flat([]).shape == (0, 4)
+    assert boxes_from_flat([1, 2, 3, 4, 5, 6, 7, 8], 2).tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert boxes_from_flat([], 2) is None
     with pytest.raises(InputError, match="multiple of 4"):
-        boxes_from_flat([1, 2, 3])
-    with pytest.raises(InputError, match="non-finite"):
-        boxes_from_flat([1, 2, math.nan, 4])
+        boxes_from_flat([1, 2, 3], 2)
+    with pytest.raises(InputError, match="3 boxes given, at most 2 allowed"):
+        boxes_from_flat([0.0] * 12, 2)
+    # a non-finite box is kept here and refused on its own by core.boxes.repair_boxes
+    assert np.isnan(boxes_from_flat([1, 2, math.nan, 4], 2)[0, 2])
 
 
 def test_result_to_msg_keeps_header_and_fields() -> None:

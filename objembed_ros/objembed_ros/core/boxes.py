@@ -74,3 +74,74 @@ def grid_boxes(width: int, height: int, scales: tuple[int, ...] = (1, 2, 3, 4),
             for x in xs:
                 out.append([x, y, x + bw, y + bh])
     return np.asarray(out, dtype=np.float64).reshape(-1, 4)
+
+
+# Per-box outcomes of repair_boxes (Ground.Response.box_status).
+BOX_OK = "ok"
+BOX_CLIPPED = "clipped"
+BOX_REORDERED = "reordered"
+BOX_REFUSED = "refused"
+
+
+def repair_boxes(boxes: object, width: int, height: int) -> tuple[np.ndarray, np.ndarray,
+                                                                  list[str]]:
+    """Caller-supplied xyxy boxes made usable, with what was done to each, in request order.
+
+    Returns (kept (M, 4) float64, kept_index (M,) int64 = each kept box's row in `boxes`,
+    status per input row). Status is "ok", "clipped", "reordered", "reordered,clipped" or
+    "refused: <why>". Refused (and not scored): a non-finite coordinate, a box wholly outside
+    the ``[0, W] x [0, H]`` image, a box of zero width or height after clipping. A box that
+    only touches the border (e.g. x2 == 0) is outside: it covers no pixel.
+    """
+    arr = as_boxes(boxes)
+    status: list[str] = []
+    kept: list[np.ndarray] = []
+    index: list[int] = []
+    for i, row in enumerate(arr):
+        if not np.isfinite(row).all():
+            status.append(f"{BOX_REFUSED}: not finite")
+            continue
+        x1, x2 = sorted((row[0], row[2]))
+        y1, y2 = sorted((row[1], row[3]))
+        reordered = x1 != row[0] or y1 != row[1]
+        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+            status.append(f"{BOX_REFUSED}: wholly outside the {width}x{height} image")
+            continue
+        fixed = np.array([max(x1, 0.0), max(y1, 0.0), min(x2, float(width)),
+                          min(y2, float(height))])
+        clipped = bool((fixed != (x1, y1, x2, y2)).any())
+        if fixed[2] <= fixed[0] or fixed[3] <= fixed[1]:
+            status.append(f"{BOX_REFUSED}: zero area"
+                          + (" after clipping" if clipped else ""))
+            continue
+        repairs = [name for name, done in ((BOX_REORDERED, reordered), (BOX_CLIPPED, clipped))
+                   if done]
+        status.append(",".join(repairs) or BOX_OK)
+        kept.append(fixed)
+        index.append(i)
+    kept_arr = np.asarray(kept, dtype=np.float64).reshape(-1, 4)
+    return kept_arr, np.asarray(index, dtype=np.int64), status
+
+
+def request_indices(scored_boxes: list[tuple[float, ...]], scored_index: list[int],
+                    kept: np.ndarray, kept_index: np.ndarray) -> list[int]:
+    """The request row of each scored supplied box (GroundedObject.proposal_index).
+
+    scored_index: the index the grounder reports for each scored box among the boxes it was
+    given (`kept`), or -1 when it reports none; then the box is matched to the first unused
+    kept box with the same float32 coordinates. That match is exact unless a request repeats
+    a box: repeated boxes can score differently (object tokens share one sequence), and only
+    an index from the grounder tells them apart.
+    """
+    kept32 = np.asarray(kept, dtype=np.float32).reshape(-1, 4)
+    used = np.zeros(len(kept32), dtype=bool)
+    out: list[int] = []
+    for box, idx in zip(scored_boxes, scored_index, strict=True):
+        if idx < 0:
+            same = np.flatnonzero((kept32 == np.asarray(box, np.float32)).all(axis=1) & ~used)
+            if same.size == 0:
+                raise ValueError(f"scored box {box} is none of the supplied boxes")
+            idx = int(same[0])
+        used[idx] = True
+        out.append(int(kept_index[idx]))
+    return out

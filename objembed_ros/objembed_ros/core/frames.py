@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -202,12 +202,15 @@ class StampBuffer(Generic[T]):
         with self._lock:
             self._items.append((int(stamp_ns), item))
 
-    def nearest(self, stamp_ns: int, slop_ns: int) -> tuple[str, T | None, int]:
-        """(status, item, |dt| ns) of the item nearest stamp_ns; item None unless status ok."""
+    def nearest(self, stamp_ns: int, slop_ns: int,
+                where: Callable[[T], bool] | None = None) -> tuple[str, T | None, int]:
+        """(status, item, |dt| ns) of the item nearest stamp_ns among those `where` accepts;
+        item None unless status ok."""
         with self._lock:
-            if not self._items:
+            items = [e for e in self._items if where is None or where(e[1])]
+            if not items:
                 return PAIR_EMPTY, None, 0
-            best_stamp, best = min(self._items, key=lambda e: abs(e[0] - stamp_ns))
+            best_stamp, best = min(items, key=lambda e: abs(e[0] - stamp_ns))
         dt = abs(best_stamp - stamp_ns)
         if dt > slop_ns:
             return PAIR_STALE, None, dt

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -94,3 +95,89 @@ class Throttle:
                 return False
             self._last[key] = now
             return True
+
+
+# Frames larger than this travel as many UDP fragments; best effort loses the whole frame when
+# one fragment is lost (Fast DDS's default UDP transport, without shared memory).
+LARGE_FRAME_BYTES = 64 * 1024
+LOSS_WARN_FRACTION = 0.5  # WARN when more than this share of the frames is lost
+MIN_EXPECTED_FRAMES = 10  # ... and at least this many frames were expected in the window
+
+
+@dataclass(frozen=True)
+class TransportHealth:
+    """One camera's arrivals over the window: received vs expected frame rate."""
+
+    received_hz: float
+    expected_hz: float  # from header stamps (and lost-message events when the RMW has them)
+    expected_frames: float  # frames the publisher sent in the window, estimated
+    lost_fraction: float  # 1 - received / expected, 0 when nothing is expected
+
+    @property
+    def mostly_lost(self) -> bool:
+        return (self.expected_frames >= MIN_EXPECTED_FRAMES
+                and self.lost_fraction > LOSS_WARN_FRACTION)
+
+
+class TransportMeter:
+    """Expected vs received frame rate of one image topic, from the frames' header stamps.
+
+    The publisher's period is read from the stamps that arrived: the median of the stamp gaps
+    within 1.5x of the shortest one (consecutive frames that both arrived; robust to jitter).
+    Frames the middleware reports lost (message_lost events) count as sent too. Stamps going
+    backwards (a replay restarting) reset the estimate.
+    """
+
+    def __init__(self, window_s: float = 5.0, max_events: int = 2000) -> None:
+        self.window_s = window_s
+        self._arrivals: deque[tuple[float, int]] = deque(maxlen=max_events)  # (now, stamp)
+        self._lost: deque[tuple[float, int]] = deque(maxlen=max_events)
+        self._lock = threading.Lock()
+        self.frame_bytes = 0  # size of the last frame's data
+
+    def arrived(self, stamp_ns: int, now: float, frame_bytes: int = 0) -> None:
+        with self._lock:
+            if self._arrivals and stamp_ns < self._arrivals[-1][1]:
+                self._arrivals.clear()
+                self._lost.clear()
+            self._arrivals.append((now, int(stamp_ns)))
+            self.frame_bytes = int(frame_bytes)
+
+    def lost(self, count: int, now: float) -> None:
+        with self._lock:
+            self._lost.append((now, int(count)))
+
+    def health(self, now: float) -> TransportHealth:
+        with self._lock:
+            for events in (self._arrivals, self._lost):
+                while events and now - events[0][0] > self.window_s:
+                    events.popleft()
+            stamps = np.array([s for _, s in self._arrivals], dtype=np.int64)
+            lost = sum(n for _, n in self._lost)
+            first = self._arrivals[0][0] if self._arrivals else now
+        received = len(stamps)
+        span = min(self.window_s, max(now - first, 1e-9)) if received else 0.0
+        received_hz = received / span if span else 0.0
+        expected = float(received + lost)
+        gaps = np.diff(stamps)
+        gaps = gaps[gaps > 0]
+        if gaps.size:
+            period_ns = float(np.median(gaps[gaps <= 1.5 * gaps.min()]))
+            from_stamps = (stamps[-1] - stamps[0]) / period_ns + 1.0
+            expected = max(expected, from_stamps)
+        expected_hz = received_hz * expected / received if received else 0.0
+        lost_fraction = 1.0 - received / expected if expected > 0 else 0.0
+        return TransportHealth(received_hz, expected_hz, expected, max(lost_fraction, 0.0))
+
+
+def transport_cause(reliable: bool, frame_bytes: int, shared_memory: bool) -> str:
+    """The likely reason most frames of a camera never arrive, and what to do."""
+    if not reliable and frame_bytes > LARGE_FRAME_BYTES and not shared_memory:
+        return (f"best-effort QoS with large frames ({frame_bytes // 1024} KiB) over UDP "
+                "without the shared-memory transport: use the Fast DDS shared-memory profile "
+                "(config/fastdds_shm.xml) in BOTH the camera and this node, or a reliable "
+                "image QoS (README: Choosing QoS)")
+    if not reliable:
+        return ("best-effort QoS: the publisher or the transport drops frames (check that "
+                "the camera process uses the same shared-memory profile, or use reliable QoS)")
+    return "reliable QoS: the publisher, or the link, cannot keep up with its own rate"

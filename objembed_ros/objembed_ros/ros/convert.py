@@ -165,16 +165,19 @@ def camera_info_to_intrinsics(msg: CameraInfo) -> Intrinsics | None:
     return k if k.valid() else None
 
 
-def boxes_from_flat(values: Sequence[float]) -> np.ndarray:
-    """Ground.srv's flat xyxy list -> (N, 4) float32; InputError on a length that is not a
-    multiple of 4 or non-finite values (the model would silently produce garbage for them)."""
-    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+def boxes_from_flat(values: Sequence[float], max_boxes: int) -> np.ndarray | None:
+    """Ground.srv's flat xyxy list -> (N, 4) float64, or None when empty. InputError on a
+    length that is not a multiple of 4 or more than max_boxes boxes; bad single boxes
+    (NaN/inf, outside the image) are refused one by one by core.boxes.repair_boxes."""
+    flat = np.asarray(values, dtype=np.float64).reshape(-1)
+    if flat.size == 0:
+        return None
     if flat.size % 4:
         raise InputError(f"bad boxes: {flat.size} values is not a multiple of 4 (flat xyxy)")
-    boxes = flat.reshape(-1, 4)
-    if not np.all(np.isfinite(boxes)):
-        raise InputError("bad boxes: non-finite (NaN/inf) coordinates")
-    return boxes  # inverted corners are repaired by core.boxes.validate_boxes
+    if flat.size // 4 > max_boxes:
+        raise InputError(f"{flat.size // 4} boxes given, at most {max_boxes} allowed "
+                         "(max_boxes)")
+    return flat.reshape(-1, 4)
 
 
 def external_boxes(msg: GroundedObjectArray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +199,7 @@ def _object_msg(obj: GroundedBox, label: str) -> GroundedObject:
         x1=float(obj.box[0]), y1=float(obj.box[1]), x2=float(obj.box[2]), y2=float(obj.box[3]),
         score=float(obj.score), similarity=float(obj.similarity), iou=float(obj.iou),
         cosine=float(obj.cosine), label=label, proposal_index=int(obj.proposal_index),
-        proposal_score=float(obj.proposal_score),
+        proposal_score=float(obj.proposal_score), track_id=-1,
     )
     pos = obj.position
     if pos is None:

@@ -10,10 +10,13 @@ process. Tests and benches use it too, so what they start is what a user starts.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,27 @@ _PACKAGE = "objembed_ros"
 # Set by the ros-wheels-bootstrapper .pth after it re-execs Python with LD_LIBRARY_PATH. A child
 # started with another interpreter must not inherit it, or that child skips the bootstrap.
 _BOOTSTRAP_GUARD = "_ROS_WHEELS_BOOTSTRAP_COMPLETE"
+# The pid of the process that started a node; the node dies with it (die_with_parent).
+PARENT_PID_ENV = "OBJEMBED_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_GRACE_S = 2.5  # after forwarding a signal: SIGKILL the node if it has not ended by then
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel send this process SIGTERM when the process that started it
+    (named by OBJEMBED_PARENT_PID) dies, even by SIGKILL: a node never outlives its launcher.
+    Called first thing by the node's main(); a no-op elsewhere."""
+    parent = os.environ.get(PARENT_PID_ENV, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: the launcher still forwards signals
+        return
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def config_dir() -> Path:
@@ -39,6 +63,36 @@ def config_dir() -> Path:
 
 def default_params_file() -> Path:
     return config_dir() / "params.yaml"
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by the first SIGINT or SIGTERM (a second one exits at once). Installed
+    explicitly, so it works also where SIGINT starts ignored (a background job of a
+    non-interactive shell)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    return stop
+
+
+def exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown: after the node has answered,
+    released and destroyed everything, unloading torch/transformers still took ~5 s here
+    (test_node_shutdown prints the times), and a thread inside a model pass cannot be
+    interrupted at all."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        ctypes.CDLL(None).fflush(None)  # the C logger's buffered lines too
+    except (OSError, AttributeError):
+        pass
+    os._exit(code)
 
 
 def ros_environment(
@@ -165,9 +219,11 @@ def start_node(
         log_path = Path(log_path)
         log_file = open(log_path, "w")  # closed by NodeProcess.stop
         stdout = log_file
+    child_env = ros_environment(env)
+    child_env[PARENT_PID_ENV] = str(os.getpid())
     popen = subprocess.Popen(
         command,
-        env=ros_environment(env),
+        env=child_env,
         stdout=stdout,
         stderr=subprocess.STDOUT if stdout else None,
         start_new_session=True,
@@ -207,10 +263,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         remappings=pairs(args.remap, "remapping"), namespace=args.namespace, name=args.name,
         env=env, log_level=args.log_level,
     )
-    try:
-        return proc.popen.wait()
-    except KeyboardInterrupt:
-        return proc.stop()
+    return supervise(proc)
+
+
+def supervise(proc: NodeProcess, grace: float = STOP_GRACE_S) -> int:
+    """Wait for the node; forward SIGINT/SIGTERM/SIGHUP to it (handlers installed explicitly,
+    since a background job of a non-interactive shell starts with SIGINT ignored) and SIGKILL
+    it when it has not ended `grace` seconds after the first signal. Returns its exit code
+    (128 + signal number when a signal ended it)."""
+    first_signal: list[float] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if not first_signal:
+            first_signal.append(time.monotonic())
+        if proc.alive():
+            proc.popen.send_signal(signum)
+
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+    while True:
+        try:
+            code = proc.popen.wait(timeout=0.1)
+            break
+        except subprocess.TimeoutExpired:
+            if first_signal and time.monotonic() - first_signal[0] > grace:
+                proc.popen.kill()
+    if proc._log_file is not None:
+        proc._log_file.close()
+    return 128 - code if code < 0 else code
 
 
 if __name__ == "__main__":
