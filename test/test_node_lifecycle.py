@@ -64,8 +64,6 @@ def test_grounder_errors_map_to_service_failures() -> None:
         (GrounderBusy("timeout: the model is busy encoding a frame"),
          ("timeout", "timeout: the model is busy encoding a frame")),
         (ModelNotReady("released"), ("model_not_ready", "model not ready: released")),
-        (RuntimeError("model not loaded"), ("model_not_ready",
-                                            "model not ready: model not loaded")),
         (ModelFailure("CUDA out of memory"), ("model_failure",
                                               "model failure: CUDA out of memory")),
         # any other RuntimeError is a bug or a runtime failure, never "not ready"

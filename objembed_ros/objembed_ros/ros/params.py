@@ -49,7 +49,8 @@ PARAMETERS: tuple[Param, ...] = (
            "ObjEmbed checkpoint directory (Hugging Face format). Applied on configure."),
     Param("proposer", "wedetect", ParameterType.PARAMETER_STRING,
            "Box source: 'wedetect' (WeDetect-Uni), 'external' (boxes from "
-           "external_proposals_topic) or 'whole_image' (one whole-image box). On configure."),
+           "external_proposals_topic), 'whole_image' (one whole-image box) or 'grid' "
+           "(multi-scale sliding windows, a detector-free fallback). On configure."),
     Param("wedetect_checkpoint", "", ParameterType.PARAMETER_STRING,
            "Original WeDetect-Uni .pth file (proposer 'wedetect'). Applied on configure."),
     Param("num_proposals", 100, ParameterType.PARAMETER_INTEGER,

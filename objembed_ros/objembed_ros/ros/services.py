@@ -40,7 +40,7 @@ from objembed_ros.core.selection import (
     validate_top_k,
     wait_failure,
 )
-from objembed_ros.grounder import CachedFrame, GrounderBusy, GroundingResult
+from objembed_ros.grounder import CachedFrame, GroundingResult
 from objembed_ros.ros import convert
 
 if TYPE_CHECKING:
@@ -60,11 +60,10 @@ def failure_for(err: BaseException) -> tuple[str, str]:
         return "no_frame", str(err)
     if isinstance(err, InputError):
         return "bad_request", str(err)
-    if isinstance(err, (ModelBusy, GrounderBusy)):
+    if isinstance(err, ModelBusy):
         text = str(err)
         return "timeout", text if text.startswith("timeout") else f"timeout: {text}"
-    if isinstance(err, ModelNotReady) or (type(err) is RuntimeError
-                                          and str(err) == "model not loaded"):
+    if isinstance(err, ModelNotReady):
         return "model_not_ready", f"model not ready: {err}"
     if isinstance(err, ModelFailure):
         return "model_failure", f"model failure: {err}"
