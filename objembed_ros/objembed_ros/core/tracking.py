@@ -185,7 +185,9 @@ class QueryTracker:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(scores, np.float64).reshape(-1)
         m = boxes.shape[0]
-        embeddings = np.asarray(embeddings, np.float32).reshape(m, -1)
+        embeddings = np.asarray(embeddings, np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[0] != m:
+            raise ValueError(f"embeddings must be ({m}, D), got {embeddings.shape}")
         if self.embeddings is None or (len(self) == 0 and m):
             self.embeddings = np.zeros((0, embeddings.shape[1]), np.float32)
         if m and embeddings.shape[1] != self.embeddings.shape[1]:
