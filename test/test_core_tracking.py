@@ -61,18 +61,18 @@ def test_ids_follow_objects_and_confirm_after_n_hits() -> None:
 def test_constant_velocity_prediction_and_smoothing() -> None:
     tr = tracker(confirm_hits=1, velocity_smoothing=0.5, max_coast=5)
     step(tr, 0.0, [[0, 0, 10, 10]], E1)
-    f = step(tr, 1.0, [[5, 0, 15, 10]], E1)  # first measurement taken as is: 5 px/s
-    np.testing.assert_allclose(f.velocities, [[5.0, 0.0]])
+    f = step(tr, 1.0, [[5, 0, 15, 10]], E1)  # measured 5 px/s, smoothed from 0: 2.5
+    np.testing.assert_allclose(f.velocities, [[2.5, 0.0]])
     f = step(tr, 2.0, [], E1)  # unseen: coasts along the predicted box
     assert f.states.tolist() == [TrackState.COASTING]
-    np.testing.assert_allclose(f.boxes, [[10, 0, 20, 10]])
+    np.testing.assert_allclose(f.boxes, [[7.5, 0, 17.5, 10]])
     assert f.detections.tolist() == [-1]
     assert np.isnan(f.scores[0])
-    # seen again at t=3 s, centre 21: measured (21 - 10) / 2 s = 5.5 px/s (from the last
-    # matched box, over the gap); smoothed 0.5 * 5 + 0.5 * 5.5
-    f = step(tr, 3.0, [[16, 0, 26, 10]], E1)
+    # seen again at t=3 s, centre 17: measured (17 - 10) / 2 s = 3.5 px/s (from the last
+    # matched box, over the gap); smoothed 0.5 * 2.5 + 0.5 * 3.5
+    f = step(tr, 3.0, [[12, 0, 22, 10]], E1)
     assert f.track_ids.tolist() == [1] and f.states.tolist() == [TrackState.CONFIRMED]
-    np.testing.assert_allclose(f.velocities, [[5.25, 0.0]])
+    np.testing.assert_allclose(f.velocities, [[3.0, 0.0]])
 
 
 def test_tentative_dies_on_a_miss_confirmed_coasts_then_ids_are_not_reused() -> None:
@@ -132,6 +132,11 @@ def test_duplicate_boxes_do_not_start_tracks() -> None:
     boxes = [[0, 0, 10, 10], [0, 0, 10, 6], [5, 0, 15, 10]]
     f = step(tr, 0.0, boxes, np.vstack([E1, E1, E1]), scores=[0.9, 0.8, 0.7])
     assert f.detection_track_ids.tolist() == [1, -1, 2]
+    # next frame: object 2 unseen (coasting at [5, 0, 15, 10]); a box on it with another
+    # look (not matched: cos 0 < min_cosine) does not start a track either: IoU 0.6
+    f = step(tr, 0.1, [[0, 0, 10, 10], [5, 0, 15, 6]], np.vstack([E1, E2]), scores=[0.9, 0.8])
+    assert f.detection_track_ids.tolist() == [1, -1]
+    assert f.states[f.index_of(2)] == TrackState.COASTING
 
 
 def test_with_track_ids_and_tracking_hub() -> None:
@@ -223,10 +228,10 @@ def test_lock_coasting_box_follows_the_motion_model() -> None:
     tr = tracker(confirm_hits=1, max_coast=10)
     lock = Lock(LockParams(lost_after_s=5.0))
     lock.update(0, two_objects(tr, 0.0, True, 0.9, 0.1, x_a=0.0))
-    lock.update(S, two_objects(tr, 1.0, True, 0.9, 0.1, x_a=5.0))  # 5 px/s
+    lock.update(S, two_objects(tr, 1.0, True, 0.9, 0.1, x_a=5.0))  # 2.5 px/s (smoothed)
     u = lock.update(3 * S, two_objects(tr, 3.0, False, 0.0, 0.1))
     assert (u.state, u.track_id) == (LockState.COASTING, 1)
-    assert u.box == (15.0, 0.0, 25.0, 10.0)  # x 5 + 5 px/s * 2 s
+    assert u.box == (10.0, 0.0, 20.0, 10.0)  # x 5 + 2.5 px/s * 2 s
 
 
 def test_lock_reacquires_by_embedding_after_its_track_is_gone() -> None:

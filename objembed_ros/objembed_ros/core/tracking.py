@@ -74,7 +74,7 @@ class TrackerParams:
     # Consecutive unmatched frames a confirmed track coasts before it is deleted.
     max_coast: int = 15
     # Motion gate: least IoU of the predicted box with a detection.
-    min_iou: float = 0.1
+    min_iou: float = 0.3
     # Appearance veto: pairs with a lower embedding cosine never match.
     min_cosine: float = 0.3
     # A coasting track may match a detection it does not overlap when the cosine is at least
@@ -221,7 +221,8 @@ class QueryTracker:
         self._keep(keep)
         matched_det = matched_det[keep]
         predicted = predicted[keep]
-        born_det = self._births(stamp_ns, matched_det, boxes, embeddings, scores)
+        live = np.where((matched_det >= 0)[:, None], self.boxes, predicted)
+        born_det = self._births(stamp_ns, matched_det, boxes, embeddings, scores, live)
         detections = np.concatenate([matched_det, born_det])
         predicted = np.concatenate([predicted, boxes[born_det]])
         seen = detections >= 0
@@ -249,9 +250,8 @@ class QueryTracker:
         moved = gap > 0
         measured = (_centres(boxes[det]) - _centres(self.boxes[rows])) / np.where(
             moved, gap, 1.0)[:, None]
-        first = (self.hits[rows] == 1)[:, None]  # no velocity yet: take the measurement
-        smoothed = np.where(first, measured, (1 - p.velocity_smoothing) * self.velocities[rows]
-                            + p.velocity_smoothing * measured)
+        smoothed = ((1 - p.velocity_smoothing) * self.velocities[rows]
+                    + p.velocity_smoothing * measured)  # from 0 at birth
         self.velocities[rows] = np.where(moved[:, None], smoothed, self.velocities[rows])
         self.boxes[rows] = boxes[det]
         self.embeddings[rows] = _unit_rows(p.embedding_momentum * self.embeddings[rows]
@@ -278,8 +278,11 @@ class QueryTracker:
             setattr(self, name, getattr(self, name)[keep])
 
     def _births(self, stamp_ns: int, matched_det: np.ndarray, boxes: np.ndarray,
-                embeddings: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """Start tracks from unmatched detections, best score first, skipping duplicates."""
+                embeddings: np.ndarray, scores: np.ndarray,
+                live_boxes: np.ndarray) -> np.ndarray:
+        """Start tracks from unmatched detections, best score first, skipping duplicates:
+        a detection overlapping a live track (its matched or predicted box) or a detection
+        born before it by IoU > birth_max_iou is another box of an object already tracked."""
         p = self.params
         free = np.ones(boxes.shape[0], bool)
         free[matched_det[matched_det >= 0]] = False
@@ -287,14 +290,14 @@ class QueryTracker:
         if not cand.size:
             return np.zeros(0, np.int64)
         cand = cand[np.argsort(-scores[cand], kind="stable")]
-        taken = list(matched_det[matched_det >= 0])
+        if live_boxes.size:
+            cand = cand[box_iou(boxes[cand], live_boxes).max(axis=1) <= p.birth_max_iou]
+        overlap = box_iou(boxes[cand], boxes[cand])
         born: list[int] = []
-        overlap = box_iou(boxes[cand], boxes)
-        for k, d in enumerate(cand):
-            if taken and overlap[k, taken].max() > p.birth_max_iou:
-                continue
-            born.append(int(d))
-            taken.append(int(d))
+        for k in range(cand.size):
+            if not born or overlap[k, born].max() <= p.birth_max_iou:
+                born.append(k)
+        born = [int(cand[k]) for k in born]
         n = len(born)
         if not n:
             return np.zeros(0, np.int64)
