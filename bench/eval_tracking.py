@@ -10,7 +10,8 @@ occluder (a patch of skimage's coffee photo) covers the target. Each frame goes 
 real pipeline: Grounder.encode_frame on the pixels with supplied boxes = the ground-truth
 boxes of the visible objects (each corner jittered by up to 3 px, as a detector's box
 wobbles), the occluder's box while it is there, and clutter: boxes on other places of the
-photo (fixed in the scene, each missing from a frame with probability 0.2). The query is an
+photo (fixed in the scene, each missing from a frame with probability 0.2, none overlapping
+the target or the distractor by IoU > 0.1). The query is an
 appearance query: the target's own ObjEmbed embedding from frame 0 (what "follow what I
 clicked" sends), scored by core.scoring as the node scores standing queries
 (score = similarity * iou).
@@ -117,6 +118,10 @@ def make_sequence(cfg: SequenceConfig) -> list[Frame]:
     corner = np.stack([rng.uniform(cfg.start[0], span_x - size[:, 0]),
                        rng.uniform(cfg.start[1], span_y - size[:, 1])], axis=1)
     clutter = np.concatenate([corner, corner + size], axis=1)
+    # none on the target or the distractor: random weights give no appearance to tell
+    # overlapping objects apart, and the eval would measure that instead of the tracking
+    apart = box_iou(clutter, np.stack([target, distractor])).max(axis=1) <= 0.1
+    clutter = clutter[apart]
     frames = []
     for f in range(cfg.frames):
         x0 = int(round(cfg.start[0] + cfg.pan[0] * f))

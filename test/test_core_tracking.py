@@ -225,7 +225,7 @@ def test_lock_keeps_its_object_through_occlusion_and_higher_scores() -> None:
 
 
 def test_lock_coasting_box_follows_the_motion_model() -> None:
-    tr = tracker(confirm_hits=1, max_coast=10)
+    tr = tracker(confirm_hits=1, max_coast=10, velocity_smoothing=0.5)
     lock = Lock(LockParams(lost_after_s=5.0))
     lock.update(0, two_objects(tr, 0.0, True, 0.9, 0.1, x_a=0.0))
     lock.update(S, two_objects(tr, 1.0, True, 0.9, 0.1, x_a=5.0))  # 2.5 px/s (smoothed)

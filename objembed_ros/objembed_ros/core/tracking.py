@@ -85,7 +85,7 @@ class TrackerParams:
     # Weight of the old appearance in the moving average of a track's embedding, in [0, 1).
     embedding_momentum: float = 0.9
     # Weight of the newest velocity measurement in the moving average, in (0, 1].
-    velocity_smoothing: float = 0.5
+    velocity_smoothing: float = 0.3
     # Detections scoring below this do not start tracks (they may still continue one).
     birth_min_score: float = 0.0
     # A detection overlapping an already matched (or newly born) one by more than this IoU
@@ -124,7 +124,8 @@ def _centres(boxes: np.ndarray) -> np.ndarray:
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    norm = np.sqrt(np.einsum("ij,ij->i", x, x))
+    return x / np.maximum(norm, 1e-12)[:, None]
 
 
 @dataclass(frozen=True)
@@ -178,9 +179,10 @@ class QueryTracker:
         return int(self.ids.size)
 
     def update(self, stamp_ns: int, boxes: np.ndarray, embeddings: np.ndarray,
-               scores: np.ndarray) -> TrackFrame:
+               scores: np.ndarray, index: np.ndarray | None = None) -> TrackFrame:
         """Associate one frame's detections ((M, 4) xyxy, (M, D) unit embeddings, (M,)
-        scores), update, delete and start tracks."""
+        scores), update, delete and start tracks. index: (M,) what TrackFrame.detections
+        reports for each detection (default: its row)."""
         p = self.params
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(scores, np.float64).reshape(-1)
@@ -205,11 +207,11 @@ class QueryTracker:
                 (iou >= p.min_iou) | (coasting & (cos >= p.reid_min_cosine)))
             cost = np.where(allowed, 1.0 - (p.iou_weight * iou + (1 - p.iou_weight) * cos),
                             _INFEASIBLE)
+            tentative = self.states == TrackState.TENTATIVE
             free = np.ones(m, bool)
-            for rows in (np.flatnonzero(self.states != TrackState.TENTATIVE),
-                         np.flatnonzero(self.states == TrackState.TENTATIVE)):
+            for rows in (np.flatnonzero(~tentative), np.flatnonzero(tentative)):
                 cols = np.flatnonzero(free)
-                if rows.size and cols.size:
+                if rows.size and cols.size and allowed[np.ix_(rows, cols)].any():
                     r, c = linear_sum_assignment(cost[np.ix_(rows, cols)])
                     ok = allowed[rows[r], cols[c]]
                     matched_det[rows[r[ok]]] = cols[c[ok]]
@@ -217,10 +219,11 @@ class QueryTracker:
         self._apply_matches(stamp_ns, matched_det, boxes, embeddings, dt)
         dead = self._drop_unmatched(matched_det)
         deleted = tuple(int(i) for i in self.ids[dead])
-        keep = ~dead
-        self._keep(keep)
-        matched_det = matched_det[keep]
-        predicted = predicted[keep]
+        if deleted:
+            keep = ~dead
+            self._keep(keep)
+            matched_det = matched_det[keep]
+            predicted = predicted[keep]
         live = np.where((matched_det >= 0)[:, None], self.boxes, predicted)
         born_det = self._births(stamp_ns, matched_det, boxes, embeddings, scores, live)
         detections = np.concatenate([matched_det, born_det])
@@ -232,6 +235,8 @@ class QueryTracker:
         det_ids = np.full(m, -1, np.int64)
         confirmed = seen & (self.states == TrackState.CONFIRMED)
         det_ids[detections[confirmed]] = self.ids[confirmed]
+        if index is not None:
+            detections = np.where(seen, np.asarray(index)[np.maximum(detections, 0)], -1)
         return TrackFrame(
             stamp_ns=int(stamp_ns), track_ids=self.ids.copy(), states=self.states.copy(),
             boxes=out_boxes, velocities=self.velocities.copy(), detections=detections,
@@ -290,14 +295,14 @@ class QueryTracker:
         if not cand.size:
             return np.zeros(0, np.int64)
         cand = cand[np.argsort(-scores[cand], kind="stable")]
-        if live_boxes.size:
-            cand = cand[box_iou(boxes[cand], live_boxes).max(axis=1) <= p.birth_max_iou]
-        overlap = box_iou(boxes[cand], boxes[cand])
+        k = cand.size
+        overlap = box_iou(boxes[cand], np.concatenate([boxes[cand], live_boxes]))
+        free_of_live = overlap[:, k:].max(axis=1, initial=0.0) <= p.birth_max_iou
         born: list[int] = []
-        for k in range(cand.size):
-            if not born or overlap[k, born].max() <= p.birth_max_iou:
-                born.append(k)
-        born = [int(cand[k]) for k in born]
+        for j in np.flatnonzero(free_of_live):
+            if not born or overlap[j, born].max() <= p.birth_max_iou:
+                born.append(int(j))
+        born = [int(cand[j]) for j in born]
         n = len(born)
         if not n:
             return np.zeros(0, np.int64)
@@ -378,12 +383,10 @@ class Tracking:
             scores = np.fromiter((o.score for o in sel), np.float64, len(sel))
             emb = _unit_rows(emb_all[index[usable]]) if sel else np.zeros(
                 (0, emb_all.shape[-1] if emb_all.ndim == 2 else 0), np.float32)
-            frame = tracker.update(stamp_ns, boxes, emb, scores)
+            # the lock wants indices into result.objects, not into the usable subset
+            frame = tracker.update(stamp_ns, boxes, emb, scores, index=usable)
             ids = np.full(len(objs), -1, np.int64)
             ids[usable] = frame.detection_track_ids
-            # detections are indexed in the usable subset; the lock wants result indices
-            frame = replace(frame, detections=np.where(frame.detections >= 0,
-                                                       usable[frame.detections], -1))
             tracks[result.query] = frame
             out.append(with_track_ids(result, ids.tolist()))
         for key in [k for k in self._trackers if k[0] == camera and k[1] not in queries]:
