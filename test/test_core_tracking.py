@@ -58,6 +58,14 @@ def test_ids_follow_objects_and_confirm_after_n_hits() -> None:
     assert f1.detections.tolist() == [1, 0]  # track 1 took detection 1
 
 
+def test_confirmed_at_exactly_confirm_hits() -> None:
+    tr = tracker(confirm_hits=3)
+    box = [0, 0, 10, 10]
+    states = [step(tr, t, [box], E1).states.tolist() for t in (0.0, 0.1, 0.2)]
+    assert states == [[TrackState.TENTATIVE], [TrackState.TENTATIVE], [TrackState.CONFIRMED]]
+    assert step(tr, 0.3, [box], E1).detection_track_ids.tolist() == [1]
+
+
 def test_constant_velocity_prediction_and_smoothing() -> None:
     tr = tracker(confirm_hits=1, velocity_smoothing=0.5, max_coast=5)
     step(tr, 0.0, [[0, 0, 10, 10]], E1)
