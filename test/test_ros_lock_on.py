@@ -72,7 +72,7 @@ E_OTHER = np.array([0.0, 1.0, 0.0], np.float32)
 
 
 class Scene:
-    """Two objects on camera /cam for query 'cup': the target at x 0..10 and another cup at
+    """Two objects on camera /cam for query 'cup': the target at x 20..30 and another cup at
     x 100..110; the worker's part: tracking + on_frame."""
 
     def __init__(self, server: LockOnServer) -> None:
@@ -83,7 +83,7 @@ class Scene:
     def frame(self, target: bool, other: bool = True, target_score: float = 0.9,
               other_score: float = 0.5) -> None:
         objs, embs = [], []
-        for show, box, score, emb in ((target, (0.0, 0.0, 10.0, 10.0), target_score, E_TARGET),
+        for show, box, score, emb in ((target, (20.0, 0.0, 30.0, 10.0), target_score, E_TARGET),
                                       (other, (100.0, 0.0, 110.0, 10.0), other_score, E_OTHER)):
             if show:
                 objs.append(GroundedBox(box=box, score=score, similarity=score, iou=1.0,
@@ -153,7 +153,7 @@ def test_lock_follows_through_occlusion_cancel_and_lost(host: Host,
     scene.frame(target=True)  # confirmed: lock to the best (the target, track 1)
     fb = best.wait_feedback(2)
     assert (fb.state, fb.track_id, fb.frames_tracked) == (LockStatus.TRACKING, 1, 1)
-    assert (fb.object.x1, fb.object.x2, fb.object.track_id) == (0.0, 10.0, 1)
+    assert (fb.object.x1, fb.object.x2, fb.object.track_id) == (20.0, 30.0, 1)
     assert (fb.header.stamp.sec, fb.header.stamp.nanosec) == (0, 100_000_000)
 
     # a second lock on the same query: explicitly the other cup (track 2)
@@ -162,7 +162,7 @@ def test_lock_follows_through_occlusion_cancel_and_lost(host: Host,
 
     scene.frame(target=True, target_score=0.3, other_score=0.95)  # the other scores higher
     fb = best.wait_feedback(3)
-    assert (fb.state, fb.track_id, fb.object.x1) == (LockStatus.TRACKING, 1, 0.0)
+    assert (fb.state, fb.track_id, fb.object.x1) == (LockStatus.TRACKING, 1, 20.0)
     fb2 = other.wait_feedback(1)
     assert (fb2.state, fb2.track_id, fb2.object.x1) == (LockStatus.TRACKING, 2, 100.0)
 
@@ -170,8 +170,8 @@ def test_lock_follows_through_occlusion_cancel_and_lost(host: Host,
         scene.frame(target=False)
         fb = best.wait_feedback(3 + k)
         assert (fb.state, fb.track_id, fb.frames_since_seen) == (LockStatus.COASTING, 1, k)
-        assert (fb.object.x1, fb.object.proposal_index, fb.object.position_status) == (
-            0.0, -1, "not_observed")
+        assert (fb.object.x1, fb.object.x2, fb.object.proposal_index) == (20.0, 30.0, -1)
+        assert fb.object.position_status == "not_observed" and fb.object.score == 0.0
     scene.frame(target=True)
     fb = best.wait_feedback(6)
     assert (fb.state, fb.track_id, fb.frames_tracked) == (LockStatus.REACQUIRED, 1, 3)

@@ -182,11 +182,6 @@ class LockOnServer:
         if goal.track_id < -1:
             raise ValueError(f"track_id must be -1 (best object) or a track id, got "
                              f"{goal.track_id}")
-        if not (math.isfinite(goal.lost_after) and goal.lost_after >= 0):
-            raise ValueError(f"lost_after must be >= 0 seconds (0 = node default), got "
-                             f"{goal.lost_after}")
-        if not (0.0 <= goal.min_score <= 1.0):  # NaN fails too
-            raise ValueError(f"min_score must be in [0, 1], got {goal.min_score}")
         cameras = list(self._cameras())
         if not cameras:
             raise ValueError("the node has no camera")
@@ -198,8 +193,8 @@ class LockOnServer:
                 raise ValueError(f"bad camera {goal.camera!r}: {exc}") from exc
             if camera not in cameras:
                 raise ValueError(f"unknown camera {goal.camera!r} (known: {', '.join(cameras)})")
-        lost_after = goal.lost_after or self.default_lost_after
-        return query, camera, LockParams(min_score=float(goal.min_score),
+        lost_after = goal.lost_after or self.default_lost_after  # 0: the node's default
+        return query, camera, LockParams(min_score=float(goal.min_score),  # LockParams checks
                                          lost_after_s=float(lost_after),
                                          reacquire_min_cosine=self.reacquire_min_cosine)
 
