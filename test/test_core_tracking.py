@@ -168,6 +168,11 @@ def test_with_track_ids_and_tracking_hub() -> None:
     # new ids (4), never 3 again
     out = hub.update("cam", 2 * S // 10, [result("mug", [b], [1])], emb)
     assert out.results[0].objects[0].track_id == 4
+    hub.reset(TrackerParams(confirm_hits=2))  # a parameter change: tracks dropped, ids go on
+    out = hub.update("cam", 3 * S // 10, [result("mug", [b], [1])], emb)
+    assert out.results[0].objects[0].track_id == -1 and hub.params.confirm_hits == 2
+    out = hub.update("cam", 4 * S // 10, [result("mug", [b], [1])], emb)
+    assert out.results[0].objects[0].track_id == 5
     unchanged = result("x", [a], [0])
     assert with_track_ids(unchanged, [-1]) is unchanged
     with pytest.raises(ValueError):

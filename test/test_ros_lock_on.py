@@ -35,8 +35,10 @@ class Host:
         rclpy.init(context=self.context)
         self.node = Node("lock_on_host", context=self.context)
         self.query_changes = 0
+        self.unavailable = ""
         self.server = LockOnServer(self.node, ReentrantCallbackGroup(),
                                    cameras=lambda: ["/cam"], default_lost_after=0.35,
+                                   unavailable=lambda: self.unavailable,
                                    on_queries_changed=self._changed)
         self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
         self.executor.add_node(self.node)
@@ -136,6 +138,10 @@ def test_invalid_goals_end_with_a_reason(host: Host, ros_client: RosClient) -> N
         res = Goal(ros_client, action, goal).result()
         assert res.status == GoalStatus.STATUS_ABORTED, reason
         assert reason in res.result.message, (reason, res.result.message)
+    host.unavailable = "model not ready"
+    res = Goal(ros_client, action, LockOn.Goal(query="cup")).result()
+    assert res.status == GoalStatus.STATUS_ABORTED
+    assert res.result.message == "invalid goal: model not ready"
     assert host.server.active() == 0
 
 
@@ -207,9 +213,14 @@ def test_lock_follows_through_occlusion_cancel_and_lost(host: Host,
     assert len(other.feedback) == n
 
 
-def test_close_aborts_running_goals(host: Host, ros_client: RosClient) -> None:
+def test_abort_all_and_close(host: Host, ros_client: RosClient) -> None:
     action = ActionClient(ros_client.node, LockOn, "/lock_on_host/lock_on")
     assert action.wait_for_server(timeout_sec=WAIT)
+    goal = Goal(ros_client, action, LockOn.Goal(query="cup"))
+    ros_client.wait_for(lambda: host.server.active() == 1, WAIT, "goal registered")
+    host.server.abort_all("deactivated")  # e.g. lifecycle deactivate: later goals still run
+    res = goal.result()
+    assert (res.status, res.result.message) == (GoalStatus.STATUS_ABORTED, "deactivated")
     goal = Goal(ros_client, action, LockOn.Goal(query="cup"))
     ros_client.wait_for(lambda: host.server.active() == 1, WAIT, "goal registered")
     host.server.close()

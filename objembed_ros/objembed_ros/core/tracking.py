@@ -393,8 +393,11 @@ class Tracking:
             del self._trackers[key]
         return TrackedFrame(camera, int(stamp_ns), out, tracks)
 
-    def reset(self) -> None:
-        """Drop every track (ids keep counting: never reused within the run)."""
+    def reset(self, params: TrackerParams | None = None) -> None:
+        """Drop every track, optionally switching parameters (a parameter change); ids keep
+        counting, never reused within the run."""
+        if params is not None:
+            self.params = params
         self._trackers.clear()
 
 

@@ -57,19 +57,23 @@ class LockOnServer:
     """Serves ~/lock_on on `node`; the node calls on_frame() per encoded frame.
 
     cameras: returns the node's cameras (resolved image topics), first = the default.
+    unavailable: returns why locks cannot run now ("" when they can: e.g. "model not
+    ready", "tracking disabled"); a goal arriving then is aborted with that reason.
     default_lost_after: seconds, used when a goal gives lost_after 0.
     on_queries_changed: called (from an executor thread) when the set of locked queries
     changes, so the node can ground them on every frame (see queries()).
     """
 
     def __init__(self, node: Node, callback_group: CallbackGroup, *,
-                 cameras: Callable[[], Sequence[str]], default_lost_after: float = 2.0,
+                 cameras: Callable[[], Sequence[str]],
+                 unavailable: Callable[[], str] | None = None, default_lost_after: float = 2.0,
                  reacquire_min_cosine: float = 0.8, max_locks: int = 16,
                  on_queries_changed: Callable[[], None] | None = None,
                  action_name: str = "~/lock_on") -> None:
         self._node = node
         self._group = callback_group
         self._cameras = cameras
+        self._unavailable = unavailable
         self.default_lost_after = float(default_lost_after)
         self.reacquire_min_cosine = float(reacquire_min_cosine)
         self.max_locks = int(max_locks)
@@ -129,14 +133,18 @@ class LockOnServer:
         return status
 
     # -- shutdown -----------------------------------------------------------------------------
-    def close(self) -> None:
-        """Abort every running goal (node deactivation / shutdown); new goals are refused.
-        The executor must keep spinning for the results to go out."""
+    def abort_all(self, message: str) -> None:
+        """End every running goal ABORTED with `message` (deactivate, cleanup, a tracking
+        parameter change). The executor must keep spinning for the results to go out."""
         with self._lock:
-            self._closed = True
             goals = list(self._goals.values())
         for goal in goals:
-            self._finish(goal, CLOSED, "the grounding node stopped")
+            self._finish(goal, CLOSED, message)
+
+    def close(self) -> None:
+        """Abort every running goal and refuse new ones (node shutdown)."""
+        self._closed = True
+        self.abort_all("the grounding node stopped")
 
     def destroy(self) -> None:
         self.close()
@@ -176,6 +184,9 @@ class LockOnServer:
 
     def _check(self, goal: LockOn.Goal) -> tuple[str, str, LockParams]:
         """(query, camera, params); ValueError with the reason for a bad goal."""
+        reason = self._unavailable() if self._unavailable is not None else ""
+        if reason:
+            raise ValueError(reason)
         query = goal.query.strip()
         if not query:
             raise ValueError("empty query")
