@@ -2,17 +2,18 @@
 
 The rules live in core.tracking (Tracking, Lock); this is the ROS glue the node owns:
 
-- Goals arrive on the node's executor. A goal is always accepted; a bad one (empty query,
-  min_score outside [0, 1], lost_after negative or not finite, unknown camera, too many
-  locks) is aborted at once with the reason in result.message, because a rejected goal
-  carries no reason back to the caller.
+- Goals arrive on the node's executor. A goal is accepted (unless close() was called); a
+  bad one (empty query, min_score outside [0, 1], lost_after negative or not finite, unknown
+  camera, too many locks, or `unavailable()` giving a reason such as "model not ready") is
+  aborted at once with the reason in result.message, because a rejected goal carries no
+  reason back to the caller.
 - Several goals may run at once, also on the same query and camera (two arms following two
   handles): each goal owns its Lock, all read the same per-(camera, query) tracks.
 - `on_frame` is called by the node's worker after each encoded frame, with the tracking
   output. It advances every lock of that camera and publishes feedback; it never waits (a
   short dict lock, non-blocking publishes). A lock that becomes LOST finishes its goal.
-- The execute callback is a coroutine awaiting an rclpy Future that on_frame, a cancel or
-  close() completes: no executor thread is blocked for the life of a goal.
+- The execute callback is a coroutine awaiting an rclpy Future that on_frame, a cancel,
+  abort_all() or close() completes: no executor thread is blocked for the life of a goal.
 - Cancel = unlock: the goal ends CANCELED with the last status in the result.
 """
 from __future__ import annotations
