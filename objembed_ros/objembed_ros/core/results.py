@@ -27,6 +27,7 @@ class GroundedBox:
     proposal_index: int  # index in the frame's proposals; -1 for a supplied box
     proposal_score: float = math.nan  # the proposal source's confidence; NaN if none
     position: Position3D | None = None  # None: 3D not attempted for this result
+    track_id: int = -1  # core.tracking: confirmed track of a standing query; -1 not tracked
 
 
 @dataclass(frozen=True)

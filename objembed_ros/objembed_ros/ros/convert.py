@@ -194,12 +194,13 @@ def external_boxes(msg: GroundedObjectArray) -> tuple[np.ndarray, np.ndarray]:
     return boxes, scores
 
 
-def _object_msg(obj: GroundedBox, label: str) -> GroundedObject:
+def object_to_msg(obj: GroundedBox, label: str) -> GroundedObject:
+    """One grounded box -> GroundedObject (3D fields from obj.position, track_id kept)."""
     out = GroundedObject(
         x1=float(obj.box[0]), y1=float(obj.box[1]), x2=float(obj.box[2]), y2=float(obj.box[3]),
         score=float(obj.score), similarity=float(obj.similarity), iou=float(obj.iou),
         cosine=float(obj.cosine), label=label, proposal_index=int(obj.proposal_index),
-        proposal_score=float(obj.proposal_score), track_id=-1,
+        proposal_score=float(obj.proposal_score), track_id=int(obj.track_id),
     )
     pos = obj.position
     if pos is None:
@@ -225,7 +226,7 @@ def result_to_msg(result: GroundingResult, header: Header) -> GroundedObjectArra
         image_score=float(result.image_score),
     )
     label = "<image>" if is_image else result.query
-    msg.objects = [_object_msg(o, label) for o in result.objects]
+    msg.objects = [object_to_msg(o, label) for o in result.objects]
     return msg
 
 
