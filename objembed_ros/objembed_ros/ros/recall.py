@@ -1,0 +1,313 @@
+"""The object memory's ROS side, owned by the node: per-frame sightings in, ~/recall out.
+
+The node builds one ``MemoryService`` (``MemoryService.open``) on configure, calls
+``on_frame`` after each encoded frame on its worker thread, serves ~/recall with
+``handle_recall`` and closes it on cleanup (which flushes the store). The policy lives in
+core/memory.py, the store in memory/, transform lookups in ros/tf_listener.py.
+
+Response frames: each MemoryEntry's position is in ``position_frame``: the node's
+fixed_frame when the camera frame resolved into it at the sighting's stamp, else the camera's
+optical frame of the last sighting (``last_header.frame_id``, stamp = last_seen). Positions in a
+camera frame describe where the object was relative to the camera when it was last seen; the
+response message says when any entry is in that state.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import CompressedImage
+from std_msgs.msg import Header
+
+from objembed_msgs.msg import MemoryEntry
+from objembed_msgs.srv import Recall
+from objembed_ros.core.depth import Intrinsics, estimate_position
+from objembed_ros.core.errors import InputError, ModelBusy, ModelFailure, ModelNotReady
+from objembed_ros.core.frames import stamp_to_ns
+from objembed_ros.core.memory import (
+    MemoryChanges,
+    MemoryConfig,
+    ObjectMemory,
+    RecallHit,
+    Sighting,
+    labels_by_proposal,
+    select_proposals,
+)
+from objembed_ros.core.scoring import sigmoid
+from objembed_ros.memory import SqliteStore, StoreWriter
+from objembed_ros.ros.convert import image_to_rgb
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One ROS parameter of the memory: the node declares it with a descriptor from these."""
+
+    name: str
+    default: Any
+    description: str
+    float_range: tuple[float, float] | None = None
+    int_range: tuple[int, int] | None = None
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("memory_enabled", False, "Keep an object memory of every frame's proposals and "
+              "serve ~/recall. Applied on configure."),
+    ParamSpec("memory_path", "", "SQLite file the memory persists to (created if missing; a "
+              "corrupt or other-version file is renamed aside); empty: RAM only. On configure."),
+    ParamSpec("memory_max_entries", 10_000, "Most objects remembered; the least recently "
+              "seen (with credit per sighting) are evicted beyond it.", int_range=(1, 1_000_000)),
+    ParamSpec("memory_min_iou", 0.5, "Predicted IoU, sigmoid(iou logit), a proposal needs to "
+              "enter the memory.", float_range=(0.0, 1.0)),
+    ParamSpec("memory_max_per_frame", 10, "Most proposals per frame entering the memory, best "
+              "predicted IoU first.", int_range=(1, 1000)),
+    ParamSpec("memory_merge_cosine", 0.75, "Cosine of object embeddings above which a sighting "
+              "may merge into an entry.", float_range=(-1.0, 1.0)),
+    ParamSpec("memory_merge_distance", 0.3, "Metres: a sighting merges only with entries this "
+              "close in fixed_frame.", float_range=(0.001, 100.0)),
+    ParamSpec("memory_merge_box_iou", 0.5, "Without fixed-frame positions: box IoU with the "
+              "entry's last box (same camera) needed to merge.", float_range=(0.0, 1.0)),
+    ParamSpec("memory_merge_window", 2.0, "Seconds: without fixed-frame positions, only entries "
+              "seen this recently by the same camera can merge.", float_range=(0.0, 3600.0)),
+    ParamSpec("memory_crop_size", 96, "Long side in pixels of each entry's JPEG crop; 0: no "
+              "crops.", int_range=(0, 512)),
+    ParamSpec("memory_recall_max_results", 100, "Most entries one ~/recall answer carries.",
+              int_range=(1, 10_000)),
+    ParamSpec("memory_write_interval", 1.0, "Seconds between batched writes of the memory "
+              "file (off the frame path).", float_range=(0.05, 600.0)),
+    ParamSpec("fixed_frame", "", "Frame memory positions are kept in (e.g. map or odom), from "
+              "/tf; empty or unresolvable: the camera's optical frame."),
+)
+
+
+def memory_config(values: dict[str, Any]) -> MemoryConfig:
+    """MemoryConfig from parameter values (ValueError naming what is invalid)."""
+    return MemoryConfig(
+        max_entries=int(values["memory_max_entries"]),
+        min_iou=float(values["memory_min_iou"]),
+        max_per_frame=int(values["memory_max_per_frame"]),
+        merge_cosine=float(values["memory_merge_cosine"]),
+        merge_distance_m=float(values["memory_merge_distance"]),
+        merge_box_iou=float(values["memory_merge_box_iou"]),
+        merge_window_ns=int(float(values["memory_merge_window"]) * 1e9),
+        crop_max_side=int(values["memory_crop_size"]))
+
+
+def ns_to_time(ns: int) -> Time:
+    sec, nanosec = divmod(int(ns), 1_000_000_000)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def entry_to_msg(hit: RecallHit, include_crop: bool) -> MemoryEntry:
+    """One recalled entry -> objembed_msgs/MemoryEntry (see MemoryEntry.msg for fields)."""
+    e = hit.entry
+    header = Header(frame_id=e.frame_id, stamp=ns_to_time(e.last_seen_ns))
+    msg = MemoryEntry(id=int(e.id), score=float(hit.score), cosine=float(hit.cosine),
+                      label=e.label, camera=e.camera, last_header=header,
+                      first_seen=ns_to_time(e.first_seen_ns),
+                      last_seen=ns_to_time(e.last_seen_ns), hits=int(e.hits),
+                      image_width=int(e.image_size[0]), image_height=int(e.image_size[1]),
+                      position_valid=e.position_valid,
+                      position_frame=e.position_frame if e.position_valid else e.frame_id)
+    msg.x1, msg.y1, msg.x2, msg.y2 = (float(v) for v in e.box)
+    if e.position_valid:
+        msg.position.x, msg.position.y, msg.position.z = (float(v) for v in e.position_mean)
+        sx, sy, sz = e.position_stddev
+        msg.position_stddev.x, msg.position_stddev.y, msg.position_stddev.z = sx, sy, sz
+    if include_crop and e.crop:
+        msg.crop = CompressedImage(header=header, format="jpeg", data=e.crop)
+    return msg
+
+
+def check_recall_request(request: Recall.Request) -> str | None:
+    """The reason a Recall request cannot be served, or None (image content is checked when
+    it is converted)."""
+    if request.query_type == Recall.Request.QUERY_TEXT:
+        if not request.text.strip():
+            return "empty text query"
+    elif request.query_type != Recall.Request.QUERY_IMAGE:
+        return (f"unknown query_type {request.query_type} (QUERY_TEXT={Recall.Request.QUERY_TEXT}"
+                f", QUERY_IMAGE={Recall.Request.QUERY_IMAGE})")
+    if not (math.isfinite(request.min_score) and 0.0 <= request.min_score <= 1.0):
+        return f"min_score must be in [0, 1], got {request.min_score}"
+    for name in ("since", "until"):
+        t = getattr(request, name)
+        if t.sec < 0 or not 0 <= t.nanosec < 1_000_000_000:
+            return f"{name} is not a valid time (sec {t.sec}, nanosec {t.nanosec})"
+    since = stamp_to_ns(request.since.sec, request.since.nanosec)
+    until = stamp_to_ns(request.until.sec, request.until.nanosec)
+    if since and until and since > until:
+        return f"empty time window: since {since * 1e-9:.3f} s is after until {until * 1e-9:.3f} s"
+    return None
+
+
+class MemoryService:
+    """The node's object memory: the in-RAM ObjectMemory, the store writer, the /tf lookup.
+
+    embed_text(text) -> (D,) object-query embedding (InputError for a bad query);
+    embed_image(rgb) -> (D,) embedding of a query image; logit_params() -> (logit_log_scale,
+    logit_bias) of the loaded checkpoint. These may raise ModelBusy / ModelNotReady /
+    ModelFailure, which become success=false answers.
+    """
+
+    def __init__(self, memory: ObjectMemory, *, writer: StoreWriter | None = None,
+                 tf: Any = None, fixed_frame: str = "",
+                 embed_text: Callable[[str], np.ndarray],
+                 embed_image: Callable[[np.ndarray], np.ndarray] | None = None,
+                 logit_params: Callable[[], tuple[float, float]],
+                 max_results: int = 100, log: Callable[[str], None] | None = None) -> None:
+        self.memory = memory
+        self.writer = writer
+        self.tf = tf
+        self.fixed_frame = fixed_frame.lstrip("/")
+        self.embed_text = embed_text
+        self.embed_image = embed_image
+        self.logit_params = logit_params
+        self.max_results = int(max_results)
+        self.log = log or (lambda msg: None)
+        self.last_tf_problem = ""
+        self.frames_seen = 0
+
+    @classmethod
+    def open(cls, node: Any, values: dict[str, Any], **kwargs: Any) -> MemoryService:
+        """Build from the node's parameter values: load the store (memory_path), start its
+        writer, listen to /tf when fixed_frame is set. kwargs: embed_text, embed_image,
+        logit_params (see the class docstring)."""
+        from objembed_ros.ros.tf_listener import TfLookup
+
+        log = node.get_logger().warning
+        memory = ObjectMemory(memory_config(values))
+        writer = None
+        if values["memory_path"]:
+            store = SqliteStore(values["memory_path"], report=log)
+            changes = memory.load(store.load_all())
+            writer = StoreWriter(store, interval_s=float(values["memory_write_interval"]),
+                                 report=log)
+            writer.submit(changes)  # entries over max_entries evicted at load
+        tf = TfLookup(node) if values["fixed_frame"] else None
+        return cls(memory, writer=writer, tf=tf, fixed_frame=values["fixed_frame"],
+                   max_results=int(values["memory_recall_max_results"]), log=log, **kwargs)
+
+    # -- frame path (the node's worker thread) ---------------------------------------------
+    def on_frame(self, frame: Any, results: Sequence[Any], header: Header,
+                 depth_m: np.ndarray | None = None,
+                 intrinsics: Intrinsics | None = None) -> MemoryChanges:
+        """Offer one encoded frame's proposals (grounder.CachedFrame) to the memory.
+
+        results: the frame's GroundingResults for the standing queries (labels); header: the
+        source image's; depth_m / intrinsics: the paired aligned depth (metres, NaN invalid)
+        and camera intrinsics, None when absent. Returns what changed (already queued for
+        the store)."""
+        self.frames_seen += 1
+        cfg = self.memory.config
+        picked = select_proposals(frame.iou_logits, cfg.min_iou, cfg.max_per_frame)
+        if picked.size == 0:
+            return MemoryChanges()
+        labels = labels_by_proposal(results)
+        stamp = int(frame.stamp_ns)
+        transform = None
+        if self.fixed_frame and self.tf is not None and depth_m is not None:
+            transform, reason = self.tf.lookup(self.fixed_frame, header.frame_id, stamp)
+            if transform is None and reason != self.last_tf_problem:
+                self.log(f"memory: positions stay in {header.frame_id!r}: {reason}")
+            self.last_tf_problem = reason
+        iou = sigmoid(np.asarray(frame.iou_logits, np.float64))
+        sightings = []
+        for i in picked.tolist():
+            box = tuple(float(v) for v in frame.boxes[i])
+            position, position_frame, fixed = None, "", False
+            if depth_m is not None:
+                pos = estimate_position(box, frame.image_size, depth_m, intrinsics)
+                if pos.valid:
+                    if transform is not None:
+                        position = tuple(float(v) for v in transform.apply(np.array(pos.xyz)))
+                        position_frame, fixed = self.fixed_frame, True
+                    else:
+                        position, position_frame = pos.xyz, header.frame_id
+            sightings.append(Sighting(
+                embedding=frame.object_embeddings[i], box=box, iou=float(iou[i]),  # type: ignore[arg-type]
+                camera=frame.camera, stamp_ns=stamp, image_size=tuple(frame.image_size),
+                frame_id=header.frame_id, position=position, position_frame=position_frame,
+                fixed=fixed, label=labels.get(i, "")))
+        changes = self.memory.observe(sightings, frame.rgb)
+        if self.writer is not None:
+            self.writer.submit(changes)
+        return changes
+
+    # -- ~/recall (a service thread) --------------------------------------------------------
+    def handle_recall(self, request: Recall.Request, response: Recall.Response
+                      ) -> Recall.Response:
+        """Validate, embed the query, rank the memory; always success + message."""
+        response.success, response.entries = False, []
+        reason = check_recall_request(request)
+        if reason is not None:
+            response.message = reason
+            return response
+        try:
+            if request.query_type == Recall.Request.QUERY_TEXT:
+                query = self.embed_text(request.text.strip())
+            else:
+                if self.embed_image is None:
+                    response.message = "image queries are not available on this node"
+                    return response
+                query = self.embed_image(image_to_rgb(request.image))
+            scale, bias = self.logit_params()
+            hits = self.memory.recall(
+                np.asarray(query, np.float32).reshape(-1), scale, bias,
+                camera=request.camera,
+                since_ns=stamp_to_ns(request.since.sec, request.since.nanosec),
+                until_ns=stamp_to_ns(request.until.sec, request.until.nanosec),
+                top_k=int(request.top_k), min_score=float(request.min_score),
+                max_results=self.max_results)
+        except InputError as exc:
+            response.message = f"bad request: {exc}"
+            return response
+        except (ModelBusy, ModelNotReady, ModelFailure) as exc:
+            response.message = f"{type(exc).__name__}: {exc}"
+            return response
+        except ValueError as exc:  # e.g. a query of another width than the memory's
+            response.message = f"cannot search the memory: {exc}"
+            return response
+        response.entries = [entry_to_msg(h, request.include_crops) for h in hits]
+        response.success = True
+        response.message = self._summary(hits, request.top_k)
+        return response
+
+    def _summary(self, hits: list[RecallHit], top_k: int) -> str:
+        parts = [f"{len(hits)} of {len(self.memory)} remembered objects"]
+        if len(hits) == self.max_results and (top_k <= 0 or top_k > self.max_results):
+            parts.append(f"capped at memory_recall_max_results={self.max_results}")
+        loose = sum(1 for h in hits if h.entry.position_valid and not h.entry.position_fixed)
+        if loose:
+            why = (f"fixed_frame {self.fixed_frame!r} not resolved"
+                   + (f" ({self.last_tf_problem})" if self.last_tf_problem else "")
+                   if self.fixed_frame else "no fixed_frame set")
+            parts.append(f"{loose} position(s) in the camera frame: {why}")
+        return "; ".join(parts)
+
+    def status(self) -> dict[str, str]:
+        """Key/values for the node's diagnostics."""
+        out = {"memory entries": str(len(self.memory)), "memory frames": str(self.frames_seen)}
+        if self.writer is not None:
+            out["memory pending writes"] = str(self.writer.pending())
+            out["memory write errors"] = str(self.writer.write_errors)
+            problem = getattr(self.writer.store, "problem", None)
+            if problem:
+                out["memory file problem"] = problem
+        if self.tf is not None:
+            out["tf backend"] = self.tf.backend
+            if self.last_tf_problem:
+                out["tf last problem"] = self.last_tf_problem
+        return out
+
+    def close(self) -> None:
+        """Flush and close the store (lifecycle cleanup)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.tf is not None:
+            self.tf.close()
+            self.tf = None
