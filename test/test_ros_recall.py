@@ -141,6 +141,13 @@ def grounded(query, index, score=0.9):
                            objects=[GroundedBox((0, 0, 1, 1), score, score, 1.0, 0.5, index)])
 
 
+def offer(svc: MemoryService, *args) -> list[ObjectEntry]:
+    """on_frame, wait for the memory thread, the entries by id."""
+    svc.on_frame(*args)
+    assert svc.drain(timeout_s=30.0)
+    return sorted(svc.memory.entries(), key=lambda e: e.id)
+
+
 def test_on_frame_positions_in_the_fixed_frame_by_hand():
     tf = BufferTf()
     # the camera (optical frame, no rotation for easy numbers) at map (1, 2, 0), moving +x
@@ -150,34 +157,51 @@ def test_on_frame_positions_in_the_fixed_frame_by_hand():
     svc = service(tf=tf, fixed_frame="map")
     boxes = [(40, 40, 60, 60), (0, 0, 5, 5)]
     # proposal 1 has predicted IoU sigmoid(-3) = 0.05 < 0.5: it does not enter
-    ch = svc.on_frame(frame(1 * S, boxes, [MUG, BOOK], [2.0, -3.0]), [grounded("mug", 0)],
-                      HEADER, DEPTH, K)
-    (e,) = ch.upserts
+    (e,) = offer(svc, frame(1 * S, boxes, [MUG, BOOK], [2.0, -3.0]), [grounded("mug", 0)],
+                 HEADER, DEPTH, K)
     assert (e.label, e.position_frame, e.position_fixed) == ("mug", "map", True)
+    assert e.best_iou == pytest.approx(1 / (1 + math.exp(-2.0)))
     # box centre (50, 50) -> pixel 49.5 = cx: straight ahead at 2 m -> map (1, 2, 2)
     np.testing.assert_allclose(e.position_mean, (1.0, 2.0, 2.0), atol=1e-6)
     assert e.crop[:2] == b"\xff\xd8"
-    ch = svc.on_frame(frame(2 * S, boxes, [MUG, BOOK], [2.0, -3.0]), [], HEADER, DEPTH, K)
-    (e,) = ch.upserts
+    (e,) = offer(svc, frame(2 * S, boxes, [MUG, BOOK], [2.0, -3.0]), [], HEADER, DEPTH, K)
     assert e.hits == 2 and e.label == "mug"
     np.testing.assert_allclose(e.position_mean, (1.05, 2.0, 2.0), atol=1e-6)
     np.testing.assert_allclose(e.position_stddev, (0.05, 0.0, 0.0), atol=1e-6)
     # no transform at 9 s: the position stays in the camera frame, and the answer says so
-    ch = svc.on_frame(frame(9 * S, [(10, 10, 30, 30)], [BOOK], [2.0]), [], HEADER, DEPTH, K)
-    (e,) = ch.upserts
+    _, e = offer(svc, frame(9 * S, [(10, 10, 30, 30)], [BOOK], [2.0]), [], HEADER, DEPTH, K)
     assert (e.position_frame, e.position_fixed) == ("cam_optical", False)
     assert "future" in svc.last_tf_problem
     resp = svc.handle_recall(request(text="book"), Recall.Response())
     assert resp.success and "1 position(s) in the camera frame" in resp.message
     assert resp.entries[0].position_frame == "cam_optical"
+    svc.close()
+
+
+def test_a_full_queue_drops_the_oldest_frame():
+    svc = service(queue_size=2)
+    gate = svc._cond
+    gate.acquire()  # hold the memory thread off while three frames arrive
+    try:
+        results = []
+        for k in range(3):
+            # on_frame takes the same (re-entrant) lock, already held by this thread
+            results.append(svc.on_frame(frame(k * S, [(40, 40, 60, 60)], [MUG], [2.0],
+                                              camera=f"/c{k}"), [], HEADER))
+    finally:
+        gate.release()
+    assert results == [True, True, False] and svc.frames_dropped == 1
+    assert svc.drain(timeout_s=30.0)
+    assert sorted(e.camera for e in svc.memory.entries()) == ["/c1", "/c2"]
+    svc.close()
 
 
 def test_handle_recall_ranks_filters_and_reports_errors():
     mem = ObjectMemory()
     svc = service(memory=mem)
-    svc.on_frame(frame(1 * S, [(40, 40, 60, 60)], [MUG], [2.0], camera="/a"), [], HEADER)
-    svc.on_frame(frame(2 * S, [(40, 40, 60, 60)], [0.6 * MUG + 0.8 * BOOK], [2.0],
-                       camera="/b"), [], HEADER)
+    offer(svc, frame(1 * S, [(40, 40, 60, 60)], [MUG], [2.0], camera="/a"), [], HEADER)
+    offer(svc, frame(2 * S, [(40, 40, 60, 60)], [0.6 * MUG + 0.8 * BOOK], [2.0],
+                     camera="/b"), [], HEADER)
     resp = svc.handle_recall(request(include_crops=True), Recall.Response())
     assert resp.success and [e.camera for e in resp.entries] == ["/a", "/b"]
     # sigmoid(10 * cos - 5) by hand
@@ -259,8 +283,8 @@ def test_memory_survives_a_restart(tmp_path):
                   memory_write_interval=3600.0)
     kw = dict(embed_text=lambda text: {"mug": MUG}[text], logit_params=lambda: (SCALE, BIAS))
     first = MemoryService.open(LoggingNode(), values, **kw)
-    first.on_frame(frame(1 * S, [(40, 40, 60, 60)], [MUG], [2.0]), [grounded("mug", 0)],
-                   HEADER, DEPTH, K)
+    offer(first, frame(1 * S, [(40, 40, 60, 60)], [MUG], [2.0]), [grounded("mug", 0)],
+          HEADER, DEPTH, K)
     before = first.handle_recall(request(include_crops=True), Recall.Response())
     first.close()  # the hour-long write interval never fired: close flushes
     second = MemoryService.open(LoggingNode(), values, **kw)
@@ -282,7 +306,7 @@ def test_memory_survives_a_restart(tmp_path):
 
 def test_real_recall_service():
     svc = service()
-    svc.on_frame(frame(1 * S, [(40, 40, 60, 60)], [MUG], [2.0]), [grounded("mug", 0)], HEADER)
+    offer(svc, frame(1 * S, [(40, 40, 60, 60)], [MUG], [2.0]), [grounded("mug", 0)], HEADER)
     with RosClient("recall_server") as server, RosClient("recall_caller") as caller:
         server.node.create_service(Recall, "recall", svc.handle_recall)
         client = caller.node.create_client(Recall, "recall")

@@ -14,6 +14,8 @@ response message says when any entry is in that state.
 from __future__ import annotations
 
 import math
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,39 @@ from objembed_ros.core.memory import (
 from objembed_ros.core.scoring import sigmoid
 from objembed_ros.memory import SqliteStore, StoreWriter
 from objembed_ros.ros.convert import image_to_rgb
+
+
+@dataclass(frozen=True)
+class PendingFrame:
+    """The part of one encoded frame the memory thread needs (picked proposals only)."""
+
+    camera: str
+    stamp_ns: int
+    frame_id: str
+    image_size: tuple[int, int]
+    boxes: np.ndarray  # (P, 4) xyxy source pixels
+    embeddings: np.ndarray  # (P, D)
+    iou: np.ndarray  # (P,) predicted IoU
+    labels: list[str]
+    rgb: np.ndarray | None
+    depth_m: np.ndarray | None
+    intrinsics: Intrinsics | None
+
+
+def pending_frame(frame: Any, results: Sequence[Any], header: Header,
+                  depth_m: np.ndarray | None, intrinsics: Intrinsics | None,
+                  config: MemoryConfig) -> PendingFrame:
+    """The proposals of a CachedFrame that enter the memory (select_proposals), copied."""
+    picked = select_proposals(frame.iou_logits, config.min_iou, config.max_per_frame)
+    labels = labels_by_proposal(results)
+    return PendingFrame(
+        camera=frame.camera, stamp_ns=int(frame.stamp_ns), frame_id=header.frame_id,
+        image_size=tuple(frame.image_size),  # type: ignore[arg-type]
+        boxes=np.asarray(frame.boxes, np.float64)[picked],
+        embeddings=np.asarray(frame.object_embeddings, np.float32)[picked],
+        iou=sigmoid(np.asarray(frame.iou_logits, np.float64)[picked]),
+        labels=[labels.get(int(i), "") for i in picked], rgb=frame.rgb, depth_m=depth_m,
+        intrinsics=intrinsics)
 
 
 @dataclass(frozen=True)
@@ -150,7 +185,9 @@ class MemoryService:
     embed_text(text) -> (D,) object-query embedding (InputError for a bad query);
     embed_image(rgb) -> (D,) embedding of a query image; logit_params() -> (logit_log_scale,
     logit_bias) of the loaded checkpoint. These may raise ModelBusy / ModelNotReady /
-    ModelFailure, which become success=false answers.
+    ModelFailure, which become success=false answers. Frames offered with on_frame wait in
+    a queue of queue_size (the oldest is dropped and counted when it is full) for the memory
+    thread.
     """
 
     def __init__(self, memory: ObjectMemory, *, writer: StoreWriter | None = None,
@@ -158,7 +195,8 @@ class MemoryService:
                  embed_text: Callable[[str], np.ndarray],
                  embed_image: Callable[[np.ndarray], np.ndarray] | None = None,
                  logit_params: Callable[[], tuple[float, float]],
-                 max_results: int = 100, log: Callable[[str], None] | None = None) -> None:
+                 max_results: int = 100, log: Callable[[str], None] | None = None,
+                 queue_size: int = 8) -> None:
         self.memory = memory
         self.writer = writer
         self.tf = tf
@@ -170,6 +208,14 @@ class MemoryService:
         self.log = log or (lambda msg: None)
         self.last_tf_problem = ""
         self.frames_seen = 0
+        self.frames_dropped = 0
+        self.frames_failed = 0
+        self._queue: deque[PendingFrame] = deque(maxlen=queue_size)
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="object-memory", daemon=True)
+        self._thread.start()
 
     @classmethod
     def open(cls, node: Any, values: dict[str, Any], **kwargs: Any) -> MemoryService:
@@ -194,45 +240,81 @@ class MemoryService:
     # -- frame path (the node's worker thread) ---------------------------------------------
     def on_frame(self, frame: Any, results: Sequence[Any], header: Header,
                  depth_m: np.ndarray | None = None,
-                 intrinsics: Intrinsics | None = None) -> MemoryChanges:
-        """Offer one encoded frame's proposals (grounder.CachedFrame) to the memory.
+                 intrinsics: Intrinsics | None = None) -> bool:
+        """Offer one encoded frame (grounder.CachedFrame) to the memory; returns at once.
 
-        results: the frame's GroundingResults for the standing queries (labels); header: the
-        source image's; depth_m / intrinsics: the paired aligned depth (metres, NaN invalid)
-        and camera intrinsics, None when absent. Returns what changed (already queued for
-        the store)."""
+        Picks the proposals that enter (core.memory.select_proposals), copies their rows and
+        queues them for the memory thread, which does depth -> 3D, the /tf lookup, crops,
+        merging and the store. results: the frame's GroundingResults for the standing
+        queries (labels); header: the source image's; depth_m / intrinsics: the paired
+        aligned depth (metres, NaN invalid) and intrinsics, None when absent. frame.rgb and
+        depth_m are kept by reference until processed: do not modify them afterwards.
+        Returns False when the queue was full and the oldest pending frame was dropped.
+        """
+        item = pending_frame(frame, results, header, depth_m, intrinsics, self.memory.config)
+        with self._cond:
+            if self._closed:
+                return False
+            kept = len(self._queue) < self._queue.maxlen  # type: ignore[operator]
+            if not kept:
+                self.frames_dropped += 1
+            self._queue.append(item)
+            self._cond.notify()
+        return kept
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closed)
+                if not self._queue:
+                    return
+                item = self._queue.popleft()
+                self._busy = True
+            try:
+                self.ingest(item)
+            except Exception as exc:  # a bad frame must not stop the memory
+                self.frames_failed += 1
+                self.log(f"memory: frame at {item.stamp_ns} ns not remembered: {exc!r}")
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def drain(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every queued frame is in the memory (False on timeout)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout_s)
+
+    def ingest(self, item: PendingFrame) -> MemoryChanges:
+        """One frame's picked proposals into the memory (the memory thread runs this):
+        3D from depth, into fixed_frame when /tf resolves it at the image stamp, then
+        ObjectMemory.observe and the store writer."""
         self.frames_seen += 1
-        cfg = self.memory.config
-        picked = select_proposals(frame.iou_logits, cfg.min_iou, cfg.max_per_frame)
-        if picked.size == 0:
+        if item.boxes.shape[0] == 0:
             return MemoryChanges()
-        labels = labels_by_proposal(results)
-        stamp = int(frame.stamp_ns)
         transform = None
-        if self.fixed_frame and self.tf is not None and depth_m is not None:
-            transform, reason = self.tf.lookup(self.fixed_frame, header.frame_id, stamp)
+        if self.fixed_frame and self.tf is not None and item.depth_m is not None:
+            transform, reason = self.tf.lookup(self.fixed_frame, item.frame_id, item.stamp_ns)
             if transform is None and reason != self.last_tf_problem:
-                self.log(f"memory: positions stay in {header.frame_id!r}: {reason}")
+                self.log(f"memory: positions stay in {item.frame_id!r}: {reason}")
             self.last_tf_problem = reason
-        iou = sigmoid(np.asarray(frame.iou_logits, np.float64))
         sightings = []
-        for i in picked.tolist():
-            box = tuple(float(v) for v in frame.boxes[i])
+        for k in range(item.boxes.shape[0]):
+            box = tuple(float(v) for v in item.boxes[k])
             position, position_frame, fixed = None, "", False
-            if depth_m is not None:
-                pos = estimate_position(box, frame.image_size, depth_m, intrinsics)
+            if item.depth_m is not None:
+                pos = estimate_position(box, item.image_size, item.depth_m, item.intrinsics)
                 if pos.valid:
                     if transform is not None:
                         position = tuple(float(v) for v in transform.apply(np.array(pos.xyz)))
                         position_frame, fixed = self.fixed_frame, True
                     else:
-                        position, position_frame = pos.xyz, header.frame_id
+                        position, position_frame = pos.xyz, item.frame_id
             sightings.append(Sighting(
-                embedding=frame.object_embeddings[i], box=box, iou=float(iou[i]),  # type: ignore[arg-type]
-                camera=frame.camera, stamp_ns=stamp, image_size=tuple(frame.image_size),
-                frame_id=header.frame_id, position=position, position_frame=position_frame,
-                fixed=fixed, label=labels.get(i, "")))
-        changes = self.memory.observe(sightings, frame.rgb)
+                embedding=item.embeddings[k], box=box, iou=float(item.iou[k]),  # type: ignore[arg-type]
+                camera=item.camera, stamp_ns=item.stamp_ns, image_size=item.image_size,
+                frame_id=item.frame_id, position=position,  # type: ignore[arg-type]
+                position_frame=position_frame, fixed=fixed, label=item.labels[k]))
+        changes = self.memory.observe(sightings, item.rgb)
         if self.writer is not None:
             self.writer.submit(changes)
         return changes
@@ -290,7 +372,9 @@ class MemoryService:
 
     def status(self) -> dict[str, str]:
         """Key/values for the node's diagnostics."""
-        out = {"memory entries": str(len(self.memory)), "memory frames": str(self.frames_seen)}
+        out = {"memory entries": str(len(self.memory)), "memory frames": str(self.frames_seen),
+               "memory frames dropped": str(self.frames_dropped),
+               "memory frames failed": str(self.frames_failed)}
         if self.writer is not None:
             out["memory pending writes"] = str(self.writer.pending())
             out["memory write errors"] = str(self.writer.write_errors)
@@ -303,8 +387,13 @@ class MemoryService:
                 out["tf last problem"] = self.last_tf_problem
         return out
 
-    def close(self) -> None:
-        """Flush and close the store (lifecycle cleanup)."""
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Remember the queued frames, stop the memory thread, flush and close the store
+        (lifecycle cleanup)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
         if self.writer is not None:
             self.writer.close()
             self.writer = None
