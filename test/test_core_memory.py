@@ -230,3 +230,26 @@ def test_config_is_validated():
         MemoryConfig(max_entries=0)
     with pytest.raises(ValueError, match="min_iou"):
         MemoryConfig(min_iou=1.5)
+
+
+def test_approximate_index_gives_the_exact_answers_and_falls_back():
+    pytest.importorskip("usearch")
+    from objembed_ros.memory.ann import UsearchIndex
+
+    rng = np.random.default_rng(5)
+    dim = 32
+    cfg = MemoryConfig(max_entries=300, merge_cosine=0.999, ann_min_entries=0, ann_oversample=4)
+    exact = ObjectMemory(cfg, dim=dim)
+    approx = ObjectMemory(cfg, ann_factory=UsearchIndex)  # width from the first sighting
+    vecs = rng.standard_normal((400, dim)).astype(np.float32)
+    for k, v in enumerate(vecs):
+        s = sight(v, camera="rare" if k % 50 == 0 else "common", stamp=(k + 1) * 10**9)
+        exact.observe([s])
+        approx.observe([s])
+    assert len(approx.ann) == len(approx) == 300  # evictions left the index too
+    q = vecs[-1] + 0.1 * rng.standard_normal(dim).astype(np.float32)
+    for kw in (dict(top_k=5), dict(top_k=3, camera="rare"), dict(top_k=5, since_ns=390 * 10**9),
+               dict(top_k=5, min_score=0.99)):
+        want = [(h.entry.id, h.score) for h in exact.recall(q, 1.0, 0.0, **kw)]
+        got = [(h.entry.id, h.score) for h in approx.recall(q, 1.0, 0.0, **kw)]
+        assert got == want, kw

@@ -31,15 +31,22 @@ least recently seen first, with each sighting buying ``keep_credit_ns`` more tim
 cap), so one-off false proposals leave before objects seen many times.
 
 Recall ranks entries by ObjEmbed's object similarity, sigmoid(cos * exp(logit_log_scale) +
-logit_bias) (core.scoring), exact brute force over float32 unit rows.
+logit_bias) (core.scoring). Every score is exact (float32 unit rows); the candidates come from
+a brute-force scan, or, with an approximate index (``VectorIndex``, e.g. memory/ann.py's HNSW)
+and at least ``ann_min_entries`` entries, from the index's ``limit * ann_oversample`` nearest
+neighbours: when the filters and min_score leave fewer than the limit of those, or no limit is
+asked for (top_k and max_results <= 0), the scan runs instead. The index is given an entry's
+vector when it is created and again when its hits have doubled (or grown by fuse_history)
+since, so it tracks the fused embedding without an index update per merge.
 """
 from __future__ import annotations
 
 import io
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -66,6 +73,8 @@ class MemoryConfig:
     keep_hits_cap: int = 10
     crop_max_side: int = 96  # pixels; 0 disables crops
     crop_quality: int = 80  # JPEG quality
+    ann_min_entries: int = 20_000  # use the approximate index (when given) from this size
+    ann_oversample: int = 8
 
     def __post_init__(self) -> None:
         checks = {
@@ -81,6 +90,8 @@ class MemoryConfig:
             "keep_hits_cap": self.keep_hits_cap >= 1,
             "crop_max_side": self.crop_max_side >= 0,
             "crop_quality": 1 <= self.crop_quality <= 95,
+            "ann_min_entries": self.ann_min_entries >= 0,
+            "ann_oversample": self.ann_oversample >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -146,6 +157,18 @@ class ObjectEntry:
             return (0.0, 0.0, 0.0)
         return tuple(math.sqrt(max(m2, 0.0) / self.position_count)
                      for m2 in self.position_m2)  # type: ignore[return-value]
+
+
+class VectorIndex(Protocol):
+    """An approximate nearest-neighbour index over entry ids (inner product of unit rows)."""
+
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+
+    def remove(self, ids: Sequence[int]) -> None: ...
+
+    def search(self, query: np.ndarray, count: int) -> np.ndarray:
+        """Up to count ids, nearest first."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -217,8 +240,15 @@ class ObjectMemory:
     entries seen within merge_window_ns. Thread-safe: one lock (the worker observes, service
     threads recall)."""
 
-    def __init__(self, config: MemoryConfig | None = None, dim: int | None = None) -> None:
+    def __init__(self, config: MemoryConfig | None = None, dim: int | None = None,
+                 ann_factory: Callable[[int], VectorIndex] | None = None) -> None:
+        """ann_factory(dim) builds the approximate index once the embedding width is known."""
         self.config = config or MemoryConfig()
+        self._ann_factory = ann_factory
+        self.ann: VectorIndex | None = None
+        if dim and ann_factory is not None:
+            self.ann = ann_factory(dim)
+        self._ann_hits: dict[int, int] = {}  # id -> hits when last given to the index
         self._lock = threading.RLock()
         self._entries: dict[int, ObjectEntry] = {}
         self._row: dict[int, int] = {}
@@ -261,6 +291,8 @@ class ObjectMemory:
     def _ensure_capacity(self, n: int, dim: int) -> None:
         if self._dim is None:
             self._dim = dim
+            if self._ann_factory is not None:
+                self.ann = self._ann_factory(dim)
             self._emb = np.zeros((0, dim), np.float32)
         if dim != self._dim:
             raise ValueError(f"embedding width {dim} != memory width {self._dim}")
@@ -305,6 +337,12 @@ class ObjectMemory:
             self._ids[row] = entry.id
         if embedding is not None:
             self._emb[row] = embedding
+            if self.ann is not None:
+                indexed = self._ann_hits.get(entry.id, 0)
+                if (indexed == 0 or entry.hits >= 2 * indexed
+                        or entry.hits - indexed >= self.config.fuse_history):
+                    self.ann.upsert(np.array([entry.id], np.int64), embedding[None, :])
+                    self._ann_hits[entry.id] = entry.hits
         self._entries[entry.id] = entry
         self._last_seen[row] = entry.last_seen_ns
         self._hits[row] = entry.hits
@@ -323,6 +361,8 @@ class ObjectMemory:
             self._grid.get(cell, set()).discard(entry_id)
         self._recent.get(entry.camera, {}).pop(entry_id, None)
         row = self._row.pop(entry_id)
+        if self.ann is not None and self._ann_hits.pop(entry_id, None) is not None:
+            self.ann.remove([entry_id])
         last = self._size - 1
         if row != last:  # move the last row into the hole
             moved = int(self._ids[last])
@@ -336,11 +376,22 @@ class ObjectMemory:
         """Add stored entries (e.g. from the persistent store at start-up); new ids continue
         after the largest one. Evicts down to max_entries; returns the evictions."""
         with self._lock:
-            for e in entries:
-                emb = _unit(e.embedding)
-                self._index(replace(e, embedding=np.zeros(0, np.float32)), emb)
-                self._next_id = max(self._next_id, e.id + 1)
-            return MemoryChanges(deletes=self._evict())
+            ann, self.ann = self.ann, None  # one batch for the index, not one call per entry
+            try:
+                for e in entries:
+                    emb = _unit(e.embedding)
+                    self._index(replace(e, embedding=np.zeros(0, np.float32)), emb)
+                    self._next_id = max(self._next_id, e.id + 1)
+                gone = self._evict()
+            finally:
+                self.ann = ann
+            if ann is not None and self._size:
+                fresh = [i for i in self._entries if i not in self._ann_hits]
+                if fresh:
+                    rows = np.array([self._row[i] for i in fresh])
+                    ann.upsert(np.array(fresh, np.int64), self._emb[rows])
+                    self._ann_hits.update({i: self._entries[i].hits for i in fresh})
+            return MemoryChanges(deletes=gone)
 
     def delete(self, ids: Iterable[int]) -> list[int]:
         """Remove entries by id; returns the ids that existed."""
@@ -367,7 +418,7 @@ class ObjectMemory:
             pairs: list[tuple[float, int, int]] = []
             for si in keep:
                 s = sightings[si]
-                cand = [c for c in self._candidates(s) if self._gate(self._entries[c], s)]
+                cand = self._gated(self._candidates(s), s)
                 if not cand:
                     continue
                 rows = np.fromiter((self._row[c] for c in cand), np.int64, len(cand))
@@ -427,14 +478,24 @@ class ObjectMemory:
                                               set())
         return out
 
-    def _gate(self, e: ObjectEntry, s: Sighting) -> bool:
+    def _gated(self, candidates: Iterable[int], s: Sighting) -> list[int]:
+        """The candidate entries the sighting may merge into (position or camera/box gate)."""
         cfg = self.config
-        if (s.fixed and s.position is not None and e.position_fixed and e.position_count
-                and e.position_frame == s.position_frame):
-            d = math.dist(s.position, e.position_mean)
-            return d <= cfg.merge_distance_m
-        return (e.camera == s.camera and 0 <= s.stamp_ns - e.last_seen_ns <= cfg.merge_window_ns
-                and float(box_iou(np.array(e.box), np.array(s.box))[0, 0]) >= cfg.merge_box_iou)
+        out: list[int] = []
+        by_box: list[int] = []
+        for c in candidates:
+            e = self._entries[c]
+            if (s.fixed and s.position is not None and e.position_fixed and e.position_count
+                    and e.position_frame == s.position_frame):
+                if math.dist(s.position, e.position_mean) <= cfg.merge_distance_m:
+                    out.append(c)
+            elif e.camera == s.camera and 0 <= s.stamp_ns - e.last_seen_ns <= cfg.merge_window_ns:
+                by_box.append(c)
+        if by_box:
+            iou = box_iou(np.array([s.box]), np.array([self._entries[c].box for c in by_box]))[0]
+            out += [c for c, v in zip(by_box, iou.tolist(), strict=True)
+                    if v >= cfg.merge_box_iou]
+        return out
 
     def _crop(self, s: Sighting, rgb: np.ndarray | None) -> bytes:
         if rgb is None or self.config.crop_max_side <= 0:
@@ -510,29 +571,52 @@ class ObjectMemory:
                 return []
             if q.shape[0] != self._dim:
                 raise ValueError(f"query width {q.shape[0]} != memory width {self._dim}")
-            mask = np.ones(n, bool)
+            code = -1
             if camera:
-                code = self._camera_names.get(camera)
-                if code is None:
+                code = self._camera_names.get(camera, -2)
+                if code == -2:
                     return []
-                mask &= self._camera_code[:n] == code
-            if since_ns > 0:
-                mask &= self._last_seen[:n] >= since_ns
-            if until_ns > 0:
-                mask &= self._last_seen[:n] <= until_ns
-            rows = np.flatnonzero(mask)
-            if rows.size == 0:
-                return []
-            cos = self._emb[:n] @ q if rows.size == n else self._emb[rows] @ q
-            score = object_similarity(cos.astype(np.float64), logit_log_scale, logit_bias)
-            keep = np.flatnonzero(score >= min_score)
-            limit = min(v for v in (top_k, max_results, keep.size) if v > 0) if keep.size else 0
-            if limit < keep.size:
-                part = np.argpartition(-score[keep], limit - 1)[:limit]
-                keep = keep[part]
-            order = keep[np.lexsort((self._ids[rows[keep]], -score[keep]))]
-            return [RecallHit(self.get(int(self._ids[rows[i]])),  # type: ignore[arg-type]
-                              float(score[i]), float(cos[i])) for i in order]
+            limit = min((v for v in (top_k, max_results) if v > 0), default=0)
+            filters = (code, since_ns, until_ns)
+            if (self.ann is not None and limit and n >= self.config.ann_min_entries
+                    and limit * self.config.ann_oversample < n):
+                ids = self.ann.search(q, limit * self.config.ann_oversample)
+                rows = np.fromiter((self._row[int(i)] for i in ids if int(i) in self._row),
+                                   np.int64)
+                hits = self._rank(rows[self._passes(rows, *filters)], q, logit_log_scale,
+                                  logit_bias, min_score, limit)
+                if len(hits) >= limit:
+                    return hits
+            rows = np.arange(n)
+            mask = self._passes(rows, *filters)
+            return self._rank(rows if mask.all() else rows[mask], q, logit_log_scale,
+                              logit_bias, min_score, limit)
+
+    def _passes(self, rows: np.ndarray, camera_code: int, since_ns: int,
+                until_ns: int) -> np.ndarray:
+        mask = np.ones(rows.size, bool)
+        if camera_code >= 0:
+            mask &= self._camera_code[rows] == camera_code
+        if since_ns > 0:
+            mask &= self._last_seen[rows] >= since_ns
+        if until_ns > 0:
+            mask &= self._last_seen[rows] <= until_ns
+        return mask
+
+    def _rank(self, rows: np.ndarray, q: np.ndarray, logit_log_scale: float,
+              logit_bias: float, min_score: float, limit: int) -> list[RecallHit]:
+        """Exact scores of these rows, best first (ties by id), at most limit (0: all)."""
+        if rows.size == 0:
+            return []
+        n = self._size
+        cos = self._emb[:n] @ q if rows.size == n else self._emb[rows] @ q
+        score = object_similarity(cos.astype(np.float64), logit_log_scale, logit_bias)
+        keep = np.flatnonzero(score >= min_score)
+        if limit and limit < keep.size:
+            keep = keep[np.argpartition(-score[keep], limit - 1)[:limit]]
+        order = keep[np.lexsort((self._ids[rows[keep]], -score[keep]))]
+        return [RecallHit(self.get(int(self._ids[rows[i]])),  # type: ignore[arg-type]
+                          float(score[i]), float(cos[i])) for i in order]
 
 
 def _fuse_position(e: ObjectEntry, s: Sighting) -> Mapping[str, object]:

@@ -111,6 +111,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "crops.", int_range=(0, 512)),
     ParamSpec("memory_recall_max_results", 100, "Most entries one ~/recall answer carries.",
               int_range=(1, 10_000)),
+    ParamSpec("memory_ann_min_entries", 20_000, "From this many entries, recall takes its "
+              "candidates from an HNSW index (usearch) and scores them exactly; 0: always the "
+              "exact scan. On configure.", int_range=(0, 10_000_000)),
     ParamSpec("memory_write_interval", 1.0, "Seconds between batched writes of the memory "
               "file (off the frame path).", float_range=(0.05, 600.0)),
     ParamSpec("fixed_frame", "", "Frame memory positions are kept in (e.g. map or odom), from "
@@ -128,7 +131,8 @@ def memory_config(values: dict[str, Any]) -> MemoryConfig:
         merge_distance_m=float(values["memory_merge_distance"]),
         merge_box_iou=float(values["memory_merge_box_iou"]),
         merge_window_ns=int(float(values["memory_merge_window"]) * 1e9),
-        crop_max_side=int(values["memory_crop_size"]))
+        crop_max_side=int(values["memory_crop_size"]),
+        ann_min_entries=int(values["memory_ann_min_entries"]))
 
 
 def ns_to_time(ns: int) -> Time:
@@ -179,6 +183,22 @@ def check_recall_request(request: Recall.Request) -> str | None:
     return None
 
 
+def ann_factory(config: MemoryConfig, log: Callable[[str], None]
+                ) -> Callable[[int], Any] | None:
+    """memory/ann.py's HNSW index when memory_ann_min_entries > 0 and usearch is installed
+    (else None: recall scans, and the log says why)."""
+    if config.ann_min_entries <= 0:
+        return None
+    try:
+        import usearch.index  # noqa: F401
+    except ImportError as exc:
+        log(f"memory: usearch not importable ({exc}); recall scans every entry")
+        return None
+    from objembed_ros.memory.ann import UsearchIndex
+
+    return UsearchIndex
+
+
 class MemoryService:
     """The node's object memory: the in-RAM ObjectMemory, the store writer, the /tf lookup.
 
@@ -225,11 +245,16 @@ class MemoryService:
         from objembed_ros.ros.tf_listener import TfLookup
 
         log = node.get_logger().warning
-        memory = ObjectMemory(memory_config(values))
+        config = memory_config(values)
         writer = None
+        entries = []
+        store = None
         if values["memory_path"]:
             store = SqliteStore(values["memory_path"], report=log)
-            changes = memory.load(store.load_all())
+            entries = store.load_all()
+        memory = ObjectMemory(config, ann_factory=ann_factory(config, log))
+        if store is not None:
+            changes = memory.load(entries)
             writer = StoreWriter(store, interval_s=float(values["memory_write_interval"]),
                                  report=log)
             writer.submit(changes)  # entries over max_entries evicted at load
