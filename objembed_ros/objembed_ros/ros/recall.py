@@ -28,7 +28,7 @@ from std_msgs.msg import Header
 from objembed_msgs.msg import MemoryEntry
 from objembed_msgs.srv import Recall
 from objembed_ros.core.depth import Intrinsics, estimate_position
-from objembed_ros.core.errors import InputError, ModelBusy, ModelFailure, ModelNotReady
+from objembed_ros.core.errors import InputError
 from objembed_ros.core.frames import stamp_to_ns
 from objembed_ros.core.memory import (
     MemoryChanges,
@@ -204,8 +204,9 @@ class MemoryService:
 
     embed_text(text) -> (D,) object-query embedding (InputError for a bad query);
     embed_image(rgb) -> (D,) embedding of a query image; logit_params() -> (logit_log_scale,
-    logit_bias) of the loaded checkpoint. These may raise ModelBusy / ModelNotReady /
-    ModelFailure, which become success=false answers. Frames offered with on_frame wait in
+    logit_bias) of the loaded checkpoint. These may raise InputError, or TimeoutError /
+    RuntimeError (ModelBusy, GrounderBusy, ModelNotReady, ModelFailure), which become
+    success=false answers naming the error. Frames offered with on_frame wait in
     a queue of queue_size (the oldest is dropped and counted when it is full) for the memory
     thread.
     """
@@ -238,10 +239,11 @@ class MemoryService:
         self._thread.start()
 
     @classmethod
-    def open(cls, node: Any, values: dict[str, Any], **kwargs: Any) -> MemoryService:
+    def open(cls, node: Any, values: dict[str, Any], tf_callback_group: Any = None,
+             **kwargs: Any) -> MemoryService:
         """Build from the node's parameter values: load the store (memory_path), start its
-        writer, listen to /tf when fixed_frame is set. kwargs: embed_text, embed_image,
-        logit_params (see the class docstring)."""
+        writer, listen to /tf when fixed_frame is set (subscriptions in tf_callback_group).
+        kwargs: embed_text, embed_image, logit_params (see the class docstring)."""
         from objembed_ros.ros.tf_listener import TfLookup
 
         log = node.get_logger().warning
@@ -258,7 +260,8 @@ class MemoryService:
             writer = StoreWriter(store, interval_s=float(values["memory_write_interval"]),
                                  report=log)
             writer.submit(changes)  # entries over max_entries evicted at load
-        tf = TfLookup(node) if values["fixed_frame"] else None
+        tf = (TfLookup(node, callback_group=tf_callback_group) if values["fixed_frame"]
+              else None)
         return cls(memory, writer=writer, tf=tf, fixed_frame=values["fixed_frame"],
                    max_results=int(values["memory_recall_max_results"]), log=log, **kwargs)
 
@@ -372,7 +375,7 @@ class MemoryService:
         except InputError as exc:
             response.message = f"bad request: {exc}"
             return response
-        except (ModelBusy, ModelNotReady, ModelFailure) as exc:
+        except (TimeoutError, RuntimeError) as exc:  # ModelBusy/GrounderBusy, ModelNotReady..
             response.message = f"{type(exc).__name__}: {exc}"
             return response
         except ValueError as exc:  # e.g. a query of another width than the memory's
