@@ -111,8 +111,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "crops.", int_range=(0, 512)),
     ParamSpec("memory_recall_max_results", 100, "Most entries one ~/recall answer carries.",
               int_range=(1, 10_000)),
-    ParamSpec("memory_ann_min_entries", 20_000, "From this many entries, recall takes its "
-              "candidates from an HNSW index (usearch) and scores them exactly; 0: always the "
+    ParamSpec("memory_ann_min_entries", 0, "From this many entries, recall takes its "
+              "candidates from an HNSW index (usearch) and scores them exactly (faster on a "
+              "busy CPU, approximate candidates, slow index build: see README); 0: always the "
               "exact scan. On configure.", int_range=(0, 10_000_000)),
     ParamSpec("memory_write_interval", 1.0, "Seconds between batched writes of the memory "
               "file (off the frame path).", float_range=(0.05, 600.0)),
