@@ -158,3 +158,20 @@ def test_cache_drops_old_samples_and_reparenting_replaces_the_edge():
     assert buf.lookup("map", "base", 99).translation == (7.0, 0.0, 0.0)
     with pytest.raises(TransformLookupError, match="does not exist|not connected"):
         buf.lookup("odom", "base", 11_250)
+
+
+def test_lookup_between_two_branches():
+    buf = robot_tree()
+    lidar_q = Rotation.from_euler("xyz", [5, -10, 30], degrees=True)
+    buf.set_transform("base_link", "lidar", 0,
+                      RigidTransform.make((0.3, -0.1, 0.8), lidar_q.as_quat()), static=True)
+    m_base_lidar = np.eye(4)
+    m_base_lidar[:3, :3] = lidar_q.as_matrix()
+    m_base_lidar[:3, 3] = (0.3, -0.1, 0.8)
+    m_base_cam = np.eye(4)
+    m_base_cam[:3, 3] = (0, 0.5, 1)
+    m_cam_opt = np.eye(4)
+    m_cam_opt[:3, :3] = OPTICAL.as_matrix()
+    ref = np.linalg.inv(m_base_lidar) @ m_base_cam @ m_cam_opt
+    got = buf.lookup("lidar", "camera_optical", 2_000_000_000)
+    np.testing.assert_allclose(as_matrix(got), ref, atol=1e-12)
