@@ -115,6 +115,9 @@ def test_writer_coalesces_and_flushes_on_close(tmp_path: Path):
     writer.submit(MemoryChanges(upserts=[entry(1), entry(2), entry(3)]))
     writer.submit(MemoryChanges(upserts=[entry(1, hits=7)], deletes=[2]))
     assert writer.pending() == 3  # 1, 3 and the delete of 2
+    writer.submit(MemoryChanges(deletes=[3]))
+    writer.submit(MemoryChanges(upserts=[entry(3)]))  # re-created: the delete is void
+    assert writer.pending() == 3
     writer.close()  # the thread never woke (hour interval): close writes it
     got = SqliteStore(path).load_all()
     assert [(e.id, e.hits) for e in got] == [(1, 7), (3, 4)]
