@@ -214,6 +214,8 @@ def test_handle_recall_ranks_filters_and_reports_errors():
     assert [e.camera for e in resp.entries] == ["/b"]
     resp = svc.handle_recall(request(since=Time(sec=1, nanosec=1)), Recall.Response())
     assert [e.camera for e in resp.entries] == ["/b"]
+    resp = svc.handle_recall(request(until=Time(sec=1, nanosec=500)), Recall.Response())
+    assert [e.camera for e in resp.entries] == ["/a"]
     resp = svc.handle_recall(request(min_score=0.9), Recall.Response())
     assert [e.camera for e in resp.entries] == ["/a"]
     resp = svc.handle_recall(request(top_k=1), Recall.Response())
