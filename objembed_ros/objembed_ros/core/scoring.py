@@ -64,6 +64,13 @@ def cosine_matrix(a: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.ndarra
     return an @ bn.T
 
 
+def object_similarity(cosine: np.ndarray, logit_log_scale: float,
+                      logit_bias: float) -> np.ndarray:
+    """sigmoid(cos * exp(logit_log_scale) + logit_bias): how well a query matches an object
+    (the first factor of the grounding score; the object memory ranks entries by it)."""
+    return sigmoid(np.asarray(cosine) * np.exp(logit_log_scale) + logit_bias)
+
+
 def grounding_scores(text: np.ndarray, objects: np.ndarray, iou_logits: np.ndarray,
                      logit_log_scale: float, logit_bias: float) -> GroundingScores:
     """Score Q object queries (Q, D) against the N boxes (N, D), (N,) of one frame."""
@@ -71,7 +78,7 @@ def grounding_scores(text: np.ndarray, objects: np.ndarray, iou_logits: np.ndarr
     objects = np.asarray(objects).reshape(-1, text.shape[-1])
     iou_logits = np.asarray(iou_logits).reshape(-1)
     cos = cosine_matrix(text, objects)
-    sim = sigmoid(cos * np.exp(logit_log_scale) + logit_bias)
+    sim = object_similarity(cos, logit_log_scale, logit_bias)
     iou = np.broadcast_to(sigmoid(iou_logits)[None, :], sim.shape)
     return GroundingScores(score=sim * iou, similarity=sim, iou=np.array(iou), cosine=cos)
 

@@ -8,14 +8,15 @@ from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration
+from geometry_msgs.msg import Point
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from objembed_msgs.msg import GroundedObjectArray
+from objembed_msgs.msg import GroundedObjectArray, MemoryEntry
 from objembed_ros.core import overlay
 from objembed_ros.core.overlay import colour
 
-__all__ = ["clear_markers", "colour", "draw_overlay", "markers_for"]
+__all__ = ["clear_markers", "colour", "draw_overlay", "markers_for", "memory_markers"]
 
 MIN_MARKER_SIZE = 0.01  # metres: rviz hides zero-thickness cubes
 TEXT_HEIGHT = 0.06  # metres
@@ -67,6 +68,46 @@ def markers_for(arrays: Sequence[GroundedObjectArray], lifetime_s: float,
             text.scale.z = TEXT_HEIGHT
             out.markers += [cube, text]
             marker_id += 1
+    return out
+
+
+def memory_markers(entries: Sequence[MemoryEntry], fixed_frame: str, lifetime_s: float,
+                   min_size: float = 0.05) -> MarkerArray:
+    """A sphere (diameter: twice the largest position stddev, at least min_size) and an
+    "#id label score" text for each recalled entry with a position, for ~/recall_markers.
+
+    Positions in fixed_frame use stamp zero (rviz takes the latest transform, right for
+    map/odom); positions in a camera frame use the last sighting's stamp, so rviz places them
+    with the camera pose at that time. A DELETEALL first clears the previous answer.
+    """
+    out = MarkerArray(markers=[Marker(action=Marker.DELETEALL)])
+    lifetime = _duration(lifetime_s)
+    for i, e in enumerate(e for e in entries if e.position_valid):
+        r, g, b = colour(i)
+        header = Header(frame_id=e.position_frame)
+        if e.position_frame != fixed_frame:
+            header.stamp = e.last_seen
+        size = max(2 * max(e.position_stddev.x, e.position_stddev.y, e.position_stddev.z),
+                   min_size)
+        sphere = Marker(header=header, ns="objembed/memory", id=int(e.id) % 2**31,
+                        type=Marker.SPHERE,
+                        action=Marker.ADD, lifetime=lifetime,
+                        color=ColorRGBA(r=r / 255, g=g / 255, b=b / 255, a=0.6))
+        sphere.pose.position = e.position
+        sphere.pose.orientation.w = 1.0
+        sphere.scale.x = sphere.scale.y = sphere.scale.z = size
+        text = Marker(header=header, ns="objembed/memory_labels", id=int(e.id) % 2**31,
+                      type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, lifetime=lifetime,
+                      color=ColorRGBA(r=r / 255, g=g / 255, b=b / 255, a=1.0),
+                      text=f"#{e.id} {e.label} {e.score:.2f}".replace("  ", " "))
+        text.pose.position = Point(x=e.position.x, y=e.position.y, z=e.position.z)
+        if e.position_frame == fixed_frame:  # z up (REP 103)
+            text.pose.position.z += size / 2 + TEXT_HEIGHT
+        else:  # optical frame: y points down
+            text.pose.position.y -= size / 2 + TEXT_HEIGHT
+        text.pose.orientation.w = 1.0
+        text.scale.z = TEXT_HEIGHT
+        out.markers += [sphere, text]
     return out
 
 
