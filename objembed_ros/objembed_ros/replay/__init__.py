@@ -1,0 +1,9 @@
+"""objembed-replay: recorded robot data through the node's core, without a ROS install.
+
+bag.py      rosbag2 (sqlite3 / MCAP) in and out through rosbags
+messages.py message types, pixel decoding and the node's outputs without rclpy
+session.py  the replay loop (Grounder per frame, depth pairing, timing, outputs, report)
+metrics.py  Acc@0.5 for referring expressions, COCO AP/AR (pycocotools) for classes
+latency.py  per-stage latency percentiles and the machine description
+cli.py      the objembed-replay command
+"""
