@@ -137,27 +137,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     from objembed_ros.core.errors import InputError
     from objembed_ros.encoder.checkpoint import CheckpointError
     from objembed_ros.replay.bag import ReplayError
-    from objembed_ros.replay.session import Replay, ReplayOptions, summary_text
+    from objembed_ros.replay.session import (
+        Replay,
+        ReplayOptions,
+        check_recording,
+        summary_text,
+    )
 
     queries = list(args.query) + (load_queries(args.queries_file) if args.queries_file else [])
     if args.output is None and args.report is None:
         _parser().error("give -o/--output (a recording) and/or --report (JSON)")
     report = args.report or args.output.with_name(f"{args.output.name}_report.json")
+    opts = ReplayOptions(
+        bag=args.bag, output=args.output, output_storage=args.output_storage,
+        report=report, image_topics=args.image_topic, depth_topics=args.depth_topic,
+        camera_info_topics=args.camera_info_topic, queries=queries,
+        namespace=args.namespace, rate=args.rate, sync_slop=args.sync_slop,
+        top_k=args.top_k, min_score=args.min_score,
+        debug_max_objects=args.debug_max_objects, marker_lifetime=args.marker_lifetime,
+        overlay=not args.no_overlay, max_frames=args.max_frames,
+        ground_truth=args.ground_truth, eval_top_k=args.eval_top_k,
+        progress=args.progress)
     try:
+        check_recording(opts)  # a bad recording or topic fails before a model is loaded
         grounder, boxes_for, label = build_grounder(args)
-        opts = ReplayOptions(
-            bag=args.bag, output=args.output, output_storage=args.output_storage,
-            report=report, image_topics=args.image_topic, depth_topics=args.depth_topic,
-            camera_info_topics=args.camera_info_topic, queries=queries,
-            namespace=args.namespace, rate=args.rate, sync_slop=args.sync_slop,
-            top_k=args.top_k, min_score=args.min_score,
-            debug_max_objects=args.debug_max_objects, marker_lifetime=args.marker_lifetime,
-            overlay=not args.no_overlay, max_frames=args.max_frames,
-            ground_truth=args.ground_truth, eval_top_k=args.eval_top_k,
-            progress=args.progress,
-            config={"checkpoint": str(args.checkpoint), "proposer": label,
-                    "device": args.device, "dtype": grounder.config.dtype,
-                    "projector": grounder.backend})
+        opts.config = {"checkpoint": str(args.checkpoint), "proposer": label,
+                       "device": args.device, "dtype": grounder.config.dtype,
+                       "projector": grounder.backend}
         if queries:
             grounder.check_queries(queries)
         result = Replay(grounder, opts, boxes_for).run()

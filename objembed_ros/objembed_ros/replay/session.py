@@ -82,6 +82,54 @@ class _Item:
     camera: _Camera | None  # set for colour frames
 
 
+def select_cameras(rec: Recording, opt: ReplayOptions) -> list[_Camera]:
+    """The cameras to replay: colour topic (+ depth, camera_info); ReplayError naming the
+    recording's topics when one is missing or of the wrong type."""
+    def find(name: str, kinds: tuple[str, ...], role: str) -> Topic:
+        topic = rec.topics.get(name) or rec.topics.get("/" + name.lstrip("/"))
+        listing = ", ".join(f"{t.name} [{t.msgtype}]" for t in rec.topics.values())
+        if topic is None:
+            raise ReplayError(f"{role} topic {name!r} is not in {rec.path}; it has: {listing}")
+        if topic.msgtype not in kinds:
+            raise ReplayError(f"{role} topic {name!r} is {topic.msgtype}, expected "
+                              f"{' or '.join(kinds)}")
+        return topic
+
+    names = list(opt.image_topics)
+    if not names:
+        skip = {n.lstrip("/") for n in opt.depth_topics}
+        names = [t.name for t in rec.topics.values()
+                 if t.msgtype in m.COLOUR_TYPES and t.name.lstrip("/") not in skip]
+        if len(names) != 1:
+            raise ReplayError(f"give --image-topic: {rec.path} has {len(names)} colour image "
+                              f"topics ({', '.join(names) or 'none'})")
+    for flag, extra in (("--depth-topic", opt.depth_topics),
+                        ("--camera-info-topic", opt.camera_info_topics)):
+        if extra and len(extra) != len(names):
+            raise ReplayError(f"{flag} is given {len(extra)} times for {len(names)} image "
+                              "topics (they are parallel lists)")
+    cams = []
+    for i, name in enumerate(names):
+        cam = _Camera(find(name, m.COLOUR_TYPES, "image"))
+        if opt.depth_topics:
+            cam.depth = find(opt.depth_topics[i], DEPTH_TYPES, "depth")
+        if opt.camera_info_topics:
+            cam.info = find(opt.camera_info_topics[i], (m.CAMERA_INFO,), "camera_info")
+        cams.append(cam)
+    return cams
+
+
+def check_recording(opt: ReplayOptions) -> None:
+    """Everything that can fail before a model is loaded: the recording and its topics, the
+    output path, the ground-truth file (ReplayError / InputError)."""
+    with Recording(opt.bag) as rec:
+        select_cameras(rec, opt)
+    if opt.output is not None and opt.output.exists():
+        raise ReplayError(f"{opt.output} exists already; the output must be a new path")
+    if opt.ground_truth is not None:
+        GroundTruth.load(opt.ground_truth)
+
+
 BoxesFor = Callable[[np.ndarray], "np.ndarray | None"]
 
 
@@ -110,49 +158,13 @@ class Replay:
         self._busy_until = -math.inf
         self._overlay_ok = options.overlay
 
-    # -- topics -----------------------------------------------------------------------------
-    def _select(self, rec: Recording) -> list[_Camera]:
-        def find(name: str, kinds: tuple[str, ...], role: str) -> Topic:
-            topic = rec.topics.get(name) or rec.topics.get("/" + name.lstrip("/"))
-            listing = ", ".join(f"{t.name} [{t.msgtype}]" for t in rec.topics.values())
-            if topic is None:
-                raise ReplayError(f"{role} topic {name!r} is not in {rec.path}; it has: "
-                                  f"{listing}")
-            if topic.msgtype not in kinds:
-                raise ReplayError(f"{role} topic {name!r} is {topic.msgtype}, expected "
-                                  f"{' or '.join(kinds)}")
-            return topic
-
-        names = list(self.opt.image_topics)
-        if not names:
-            skip = {n.lstrip("/") for n in self.opt.depth_topics}
-            names = [t.name for t in rec.topics.values()
-                     if t.msgtype in m.COLOUR_TYPES and t.name.lstrip("/") not in skip]
-            if len(names) != 1:
-                raise ReplayError(f"give --image-topic: {rec.path} has {len(names)} colour "
-                                  f"image topics ({', '.join(names) or 'none'})")
-        for flag, extra in (("--depth-topic", self.opt.depth_topics),
-                            ("--camera-info-topic", self.opt.camera_info_topics)):
-            if extra and len(extra) != len(names):
-                raise ReplayError(f"{flag} is given {len(extra)} times for {len(names)} image "
-                                  "topics (they are parallel lists)")
-        cams = []
-        for i, name in enumerate(names):
-            cam = _Camera(find(name, m.COLOUR_TYPES, "image"))
-            if self.opt.depth_topics:
-                cam.depth = find(self.opt.depth_topics[i], DEPTH_TYPES, "depth")
-            if self.opt.camera_info_topics:
-                cam.info = find(self.opt.camera_info_topics[i], (m.CAMERA_INFO,), "camera_info")
-            cams.append(cam)
-        return cams
-
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Replay the recording; the report is returned (and written) even when reading
         stops early. ReplayError before anything was processed (bad topic, bad file)."""
         wall_start = time.perf_counter()
         with Recording(self.opt.bag) as rec:
-            cams = self._select(rec)
+            cams = select_cameras(rec, self.opt)
             if self.opt.output is not None:
                 self._open_output(rec)
             try:
