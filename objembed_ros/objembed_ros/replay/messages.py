@@ -40,6 +40,11 @@ COLOUR_ENCODINGS: dict[str, tuple[int, tuple[int, ...] | None]] = {
 DEPTH_ENCODINGS: dict[str, np.dtype] = {
     "16UC1": np.dtype(np.uint16), "mono16": np.dtype(np.uint16), "32FC1": np.dtype(np.float32),
 }
+# Field defaults the .msg files declare (rosbags' field definitions drop them).
+MSG_DEFAULTS: dict[str, dict[str, Any]] = {
+    "geometry_msgs/msg/Quaternion": {"w": 1.0},
+    "objembed_msgs/msg/GroundedObject": {"track_id": -1},
+}
 # The node's marker look (ros/viz.py).
 MIN_MARKER_SIZE = 0.01
 TEXT_HEIGHT = 0.06
@@ -82,7 +87,8 @@ def make_typestore(msg_dir: Path | None = None) -> Any:
 
 
 class Messages:
-    """Build messages of a rosbags typestore; fields not given get ROS defaults (0, '', [])."""
+    """Build messages of a rosbags typestore; fields not given get their .msg defaults
+    (MSG_DEFAULTS, else 0, '', empty)."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
@@ -90,8 +96,11 @@ class Messages:
     def new(self, typename: str, **values: Any) -> Any:
         cls = self.store.types[typename]
         _, field_defs = self.store.fielddefs[typename]
+        defaults = MSG_DEFAULTS.get(typename, {})
         for name, desc in field_defs:
-            if name not in values:
+            if name in defaults and name not in values:
+                values[name] = defaults[name]
+            elif name not in values:
                 values[name] = self._default(desc)
         return cls(**values)
 
@@ -141,7 +150,7 @@ class Messages:
             x2=float(obj.box[2]), y2=float(obj.box[3]), score=float(obj.score),
             similarity=float(obj.similarity), iou=float(obj.iou), cosine=float(obj.cosine),
             label=label, proposal_index=int(obj.proposal_index),
-            proposal_score=float(obj.proposal_score), track_id=-1, **extra)
+            proposal_score=float(obj.proposal_score), **extra)
 
     def markers(self, arrays: Sequence[Any], lifetime_s: float, max_per_query: int) -> Any:
         """Cube + label markers for objects with a valid 3D position, after a DELETEALL
