@@ -4,8 +4,9 @@ new recording, latency and accuracy into a report.
 Order and pairing: messages are read in log-time order. A colour frame is handled once the
 recording has advanced `sync_slop` past it, so a depth image recorded just after it is
 already read; depth pairs by header stamp (nearest within the slop, core.frames.StampBuffer),
-camera_info is the newest one read (as in the node). Outputs are written at the colour
-frame's log time, so the output recording stays in log-time order.
+camera_info is the one nearest in stamp (the node takes the newest received, which is the
+same while intrinsics do not change; reading ahead must not take a later frame's). Outputs
+are written at the colour frame's log time, so the output recording stays in log-time order.
 
 Timing: rate 0 handles every frame as fast as possible. rate R > 0 reads the recording at R x
 its recorded pace; a frame is dropped when a newer frame of the same camera is ready by the
@@ -35,6 +36,7 @@ from objembed_ros.replay.latency import StageTimes, format_table, machine
 from objembed_ros.replay.metrics import Evaluation, GroundTruth
 
 DEPTH_TYPES = (m.IMAGE,)
+ANY_STAMP = 2**62  # pairing slop that accepts any stamp
 
 
 @dataclass
@@ -70,7 +72,7 @@ class _Camera:
     depth: Topic | None = None
     info: Topic | None = None
     depth_buffer: StampBuffer = field(default_factory=lambda: StampBuffer(32))
-    intrinsics: Any = None
+    info_buffer: StampBuffer = field(default_factory=lambda: StampBuffer(32))
 
 
 @dataclass
@@ -273,14 +275,15 @@ class Replay:
 
     def _on_info(self, cam: _Camera, raw: bytes) -> None:
         try:
-            info = m.camera_info_intrinsics(self.msgs.deserialize(raw, m.CAMERA_INFO))
+            msg = self.msgs.deserialize(raw, m.CAMERA_INFO)
+            info = m.camera_info_intrinsics(msg)
         except Exception as exc:
             self.rejected[f"camera_info:undecodable ({type(exc).__name__})"] += 1
             return
         if info is None:
             self.rejected["camera_info:no_k"] += 1
         else:
-            cam.intrinsics = info
+            cam.info_buffer.add(m.stamp_ns(msg.header), info)
 
     # -- one frame ----------------------------------------------------------------------------
     def _process(self, item: _Item) -> None:
@@ -362,10 +365,11 @@ class Replay:
             why = (STATUS_STALE_DEPTH if status not in (PAIR_EMPTY, PAIR_OK)
                    else STATUS_NO_DEPTH)
             return [add_positions(r, None, None, missing_status=why) for r in results], why
-        if cam.intrinsics is None:
+        _, intrinsics, _ = cam.info_buffer.nearest(stamp, ANY_STAMP)
+        if intrinsics is None:
             return [add_positions(r, None, None, missing_status=STATUS_NO_CAMERA_INFO)
                     for r in results], STATUS_NO_CAMERA_INFO
-        return [add_positions(r, depth_m, cam.intrinsics) for r in results], "ok"
+        return [add_positions(r, depth_m, intrinsics) for r in results], "ok"
 
     def _write_outputs(self, item: _Item, rgb: np.ndarray, header: Any,
                        arrays: list[Any]) -> None:
