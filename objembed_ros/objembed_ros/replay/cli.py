@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-boxes", type=int, default=300)
     p.add_argument("--image-topic", action="append", default=[],
                    help="colour topic (sensor_msgs/Image or CompressedImage; repeatable); "
-                        "default: the recording's only colour topic")
+                        "default: the recording's only image topic whose name has no 'depth'")
     p.add_argument("--depth-topic", action="append", default=[],
                    help="aligned depth (16UC1 mm / 32FC1 m), parallel to --image-topic")
     p.add_argument("--camera-info-topic", action="append", default=[],

@@ -101,7 +101,8 @@ def select_cameras(rec: Recording, opt: ReplayOptions) -> list[_Camera]:
     if not names:
         skip = {n.lstrip("/") for n in opt.depth_topics}
         names = [t.name for t in rec.topics.values()
-                 if t.msgtype in m.COLOUR_TYPES and t.name.lstrip("/") not in skip]
+                 if t.msgtype in m.COLOUR_TYPES and t.name.lstrip("/") not in skip
+                 and "depth" not in t.name]
         if len(names) != 1:
             raise ReplayError(f"give --image-topic: {rec.path} has {len(names)} colour image "
                               f"topics ({', '.join(names) or 'none'})")
