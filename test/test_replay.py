@@ -53,13 +53,13 @@ def test_mcap_with_depth_matches_the_node_path(tmp_path: Path, mcap_bag: Path,
                                                frames: list[rec.Frame]) -> None:
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
+    from test_replay_messages import assert_same_msg, ros_round_trip
 
     from objembed_msgs.msg import GroundedObjectArray
     from objembed_ros.core.boxes import grid_boxes
     from objembed_ros.core.depth import Intrinsics, depth_to_metres
     from objembed_ros.grounder import Grounder, GrounderConfig, add_positions
     from objembed_ros.ros import convert, viz
-    from test_replay_messages import assert_same_msg, ros_round_trip
 
     out = tmp_path / "out"
     rc = main(_args(mcap_bag, tiny_objembed_dir, out, "--proposer", "grid", "--image-topic",

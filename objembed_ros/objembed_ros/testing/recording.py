@@ -110,3 +110,68 @@ def header_at(msgs: Messages, stamp_ns: int, frame_id: str = FRAME_ID) -> Any:
                     stamp=msgs.new("builtin_interfaces/msg/Time",
                                    sec=stamp_ns // 1_000_000_000,
                                    nanosec=stamp_ns % 1_000_000_000))
+
+
+# Hand-drawn boxes (xywh, pixels) and referring expressions for the first two photos.
+DEMO_OBJECTS: tuple[tuple[tuple[str, tuple[int, int, int, int], str], ...], ...] = (
+    (("person", (20, 15, 345, 497), "the astronaut in the orange suit"),
+     ("flag", (0, 0, 95, 512), "the american flag"),
+     ("helmet", (275, 345, 237, 167), "the helmet in the bottom right"),
+     ("rocket", (355, 0, 110, 285), "the model space shuttle")),
+    (("cup", (175, 20, 235, 285), "the cup of coffee"),
+     ("saucer", (75, 65, 405, 325), "the red saucer"),
+     ("spoon", (325, 65, 100, 260), "the spoon")),
+)
+DEMO_QUERIES = ("an astronaut", "a cup of coffee")
+
+
+def demo_ground_truth(frames: int) -> dict[str, Any]:
+    """COCO-style ground truth for skimage_frames(): frame 0 keyed by stamp, frame 1 by
+    topic + index (objembed_ros.replay.metrics documents the format)."""
+    names = sorted({name for objs in DEMO_OBJECTS for name, _, _ in objs})
+    cat = {n: i + 1 for i, n in enumerate(names)}
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
+    for i, objs in enumerate(DEMO_OBJECTS[:frames]):
+        key: dict[str, Any] = ({"stamp_ns": START_NS + i * PERIOD_NS} if i == 0
+                               else {"index": i})
+        images.append({"id": i + 1, "topic": IMAGE_TOPIC, **key})
+        anns += [{"id": len(anns) + 1, "image_id": i + 1, "category_id": cat[name],
+                  "bbox": list(box), "expressions": [expr]} for name, box, expr in objs]
+    return {"images": images, "annotations": anns,
+            "categories": [{"id": i, "name": n} for n, i in cat.items()]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m objembed_ros.testing.recording OUT: a demo recording, its ground truth
+    (OUT_gt.json), standing queries (OUT_queries.yaml) and, on request, tiny checkpoints."""
+    import argparse
+    import json
+
+    import yaml
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("out", type=Path)
+    p.add_argument("--frames", type=int, default=2)
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    p.add_argument("--tiny-checkpoints", type=Path,
+                   help="also write DIR/objembed and DIR/wedetect.pth (random weights)")
+    args = p.parse_args(argv)
+    write_recording(args.out, skimage_frames(args.frames), args.storage)
+    args.out.with_name(f"{args.out.name}_gt.json").write_text(
+        json.dumps(demo_ground_truth(args.frames), indent=1))
+    args.out.with_name(f"{args.out.name}_queries.yaml").write_text(
+        yaml.safe_dump({"queries": list(DEMO_QUERIES)}))
+    if args.tiny_checkpoints is not None:
+        from objembed_ros.testing.tiny_objembed import make_tiny_objembed_checkpoint
+        from objembed_ros.testing.tiny_wedetect import make_wedetect_checkpoint
+
+        make_tiny_objembed_checkpoint(args.tiny_checkpoints / "objembed")
+        make_wedetect_checkpoint(args.tiny_checkpoints / "wedetect.pth",
+                                 stage_depths=(1, 1, 1, 1))
+    print(f"wrote {args.out} ({args.frames} frames, {args.storage})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
