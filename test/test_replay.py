@@ -276,3 +276,37 @@ def test_bad_recordings_fail_clearly_before_the_model_loads(
     if case == "unknown_topic":
         assert f"{COLOUR} [sensor_msgs/msg/Image]" in err
     assert not (tmp_path / "out").exists()
+
+
+NO_ROS = """
+import importlib.abc, sys
+BLOCKED = {"rclpy", "std_msgs", "sensor_msgs", "geometry_msgs", "visualization_msgs",
+           "builtin_interfaces", "objembed_msgs", "rosidl_runtime_py", "rpyutils"}
+class NoRos(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked: no ROS install)")
+sys.meta_path.insert(0, NoRos())
+from objembed_ros.replay.cli import main
+rc = main(sys.argv[1:])
+assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+sys.exit(rc)
+"""
+
+
+def test_runs_without_ros(tmp_path: Path, mcap_bag: Path, tiny_objembed_dir: Path) -> None:
+    """With every ROS Python package unimportable, the replay still reads, grounds and
+    writes; only the overlay (the node's renderer imports rclpy) is skipped, with a warning."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", NO_ROS, *_args(
+        mcap_bag, tiny_objembed_dir, out, "--proposer", "whole-image", "--image-topic", COLOUR,
+        "--depth-topic", DEPTH, "--camera-info-topic", INFO, "--query", "a person",
+        "--max-frames", "1")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    counts = {t: len(v) for t, v in _read(out).items()}
+    assert counts["/objembed/groundings"] == 1 and counts["/objembed/markers"] == 1
+    assert counts["/objembed/debug_image"] == 0
+    assert any("overlay renderer" in w for w in _report(out)["warnings"])
