@@ -45,7 +45,12 @@ MSG_DEFAULTS: dict[str, dict[str, Any]] = {
     "geometry_msgs/msg/Quaternion": {"w": 1.0},
     "objembed_msgs/msg/GroundedObject": {"track_id": -1},
 }
-# The node's marker look (ros/viz.py).
+# The node's marker look and per-query colours (ros/viz.py, which imports rclpy; a test
+# keeps the two equal).
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+)
 MIN_MARKER_SIZE = 0.01
 TEXT_HEIGHT = 0.06
 
@@ -161,10 +166,9 @@ class Messages:
         sec = int(math.floor(seconds))
         lifetime = self.new("builtin_interfaces/msg/Duration", sec=sec,
                             nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
-        palette = _palette()
         marker_id = 0
         for qi, arr in enumerate(arrays):
-            r, g, b = (c / 255 for c in palette[qi % len(palette)])
+            r, g, b = (c / 255 for c in PALETTE[qi % len(PALETTE)])
             shown = 0
             for obj in arr.objects:
                 if not obj.position_valid or shown >= max_per_query:
@@ -203,12 +207,6 @@ class Messages:
         return self.new(IMAGE, header=header, height=rgb.shape[0], width=rgb.shape[1],
                         encoding="rgb8", is_bigendian=0, step=rgb.shape[1] * 3,
                         data=rgb.reshape(-1))
-
-
-def _palette() -> tuple[tuple[int, int, int], ...]:
-    """The node's per-query colours (ros/viz.PALETTE), kept in one place."""
-    return ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212))
 
 
 def _base_default(name: str) -> Any:

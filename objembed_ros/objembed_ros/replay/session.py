@@ -46,7 +46,8 @@ class ReplayOptions:
     bag: Path
     output: Path | None = None
     output_storage: str = "mcap"
-    report: Path | None = None  # JSON; CSVs next to it (<stem>_frames.csv, _groundings.csv)
+    report: Path | None = None  # JSON; CSVs next to it (<stem>_frames.csv, _groundings.csv),
+    # written frame by frame
     image_topics: list[str] = field(default_factory=list)
     depth_topics: list[str] = field(default_factory=list)  # parallel to image_topics
     camera_info_topics: list[str] = field(default_factory=list)  # parallel to image_topics
@@ -151,8 +152,11 @@ class Replay:
         self.rejected: Counter[str] = Counter()
         self.warnings: list[str] = []
         self.frames_seen = self.processed = self.dropped = 0
-        self.frame_rows: list[dict[str, Any]] = []
-        self.grounding_rows: list[dict[str, Any]] = []
+        report = options.report
+        self.frames_csv = CsvStream(report and report.with_name(f"{report.stem}_frames.csv"))
+        self.groundings_csv = CsvStream(
+            report and report.with_name(f"{report.stem}_groundings.csv"))
+        self._model_s = 0.0  # proposals + image pass, summed over frames
         self.error = ""
         self._slop_ns = int(options.sync_slop * 1e9)
         self._out: OutputBag | None = None
@@ -177,11 +181,14 @@ class Replay:
             finally:
                 if self._out is not None:
                     self._out.close()
+                self.frames_csv.close()
+                self.groundings_csv.close()
             if rec.truncated:
                 self.error = self.error or f"recording truncated: {rec.truncated}"
             report = self._report(rec, cams, time.perf_counter() - wall_start)
         if self.opt.report is not None:
-            write_report(report, self.opt.report, self.frame_rows, self.grounding_rows)
+            self.opt.report.parent.mkdir(parents=True, exist_ok=True)
+            self.opt.report.write_text(json.dumps(report, indent=2))
         return report
 
     def _open_output(self, rec: Recording) -> None:
@@ -326,7 +333,8 @@ class Replay:
         timings["frame"] = t4 - t0
         self.stages.add(timings)
         self.processed += 1
-        self.frame_rows.append({
+        self._model_s += timings.get("proposals", 0.0) + timings.get("encode", 0.0)
+        self.frames_csv.write({
             "topic": item.topic.name, "index": item.index, "stamp_ns": stamp,
             "log_time_ns": item.log_time, "width": frame.image_size[0],
             "height": frame.image_size[1], "num_boxes": frame.num_boxes,
@@ -335,7 +343,7 @@ class Replay:
         for res in results:
             for rank, obj in enumerate(res.objects):
                 pos = obj.position
-                self.grounding_rows.append({
+                self.groundings_csv.write({
                     "topic": item.topic.name, "stamp_ns": stamp, "query": res.query,
                     "rank": rank, "score": obj.score, "similarity": obj.similarity,
                     "iou": obj.iou, "x1": obj.box[0], "y1": obj.box[1], "x2": obj.box[2],
@@ -415,7 +423,6 @@ class Replay:
     # -- the report ---------------------------------------------------------------------------
     def _report(self, rec: Recording, cams: list[_Camera], wall_s: float) -> dict[str, Any]:
         stages = self.stages.summary()
-        model_s = [r.get("proposals_ms", 0) + r.get("encode_ms", 0) for r in self.frame_rows]
         report: dict[str, Any] = {
             "tool": "objembed-replay",
             "complete": not self.error, "error": self.error,
@@ -439,8 +446,8 @@ class Replay:
                 "stages": stages,
                 "wall_s": round(wall_s, 3),
                 "throughput_fps": round(self.processed / wall_s, 3) if wall_s > 0 else None,
-                "model_fps": (round(1e3 * len(model_s) / sum(model_s), 3)
-                              if model_s and sum(model_s) > 0 else None),
+                "model_fps": (round(self.processed / self._model_s, 3)
+                              if self._model_s > 0 else None),
                 "encoder_stages": sorted(k for k in stages if k.startswith("encoder.")),
             },
             "accuracy": self.evaluation.summary() if self.evaluation else None,
@@ -456,21 +463,32 @@ def _progress(total: int | None, enabled: bool | None) -> Any:
                 else not enabled, dynamic_ncols=True)
 
 
-def write_report(report: dict[str, Any], path: Path, frames: list[dict[str, Any]],
-                 groundings: list[dict[str, Any]]) -> None:
-    """report.json plus <stem>_frames.csv (one row per processed frame, stage ms) and
-    <stem>_groundings.csv (one row per object per query per frame)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, allow_nan=True))
-    for suffix, rows in (("frames", frames), ("groundings", groundings)):
-        columns: list[str] = []
-        for row in rows:
-            columns += [k for k in row if k not in columns]
-        with path.with_name(f"{path.stem}_{suffix}.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
+class CsvStream:
+    """Rows written as they come (a long recording must not pile them up in memory); the
+    columns are the first row's keys. No path: nothing is written."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._file: Any = None
+        self._writer: csv.DictWriter | None = None
+        self.rows = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("w", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=list(row), restval="",
+                                          extrasaction="ignore")
+            self._writer.writeheader()
+        self._writer.writerow(row)
+        self.rows += 1
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def summary_text(report: dict[str, Any]) -> str:
