@@ -123,11 +123,25 @@ def select_cameras(rec: Recording, opt: ReplayOptions) -> list[_Camera]:
     return cams
 
 
+def output_topics(rec: Recording, namespace: str) -> dict[str, str]:
+    """The replay's topics (name -> type): <ns>/groundings, <ns>/markers, <ns>/debug_image;
+    ReplayError when the recording has one already."""
+    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    outputs = {f"{ns}/groundings": m.GROUNDED_OBJECT_ARRAY, f"{ns}/markers": m.MARKER_ARRAY,
+               f"{ns}/debug_image": m.IMAGE}
+    taken = sorted(set(outputs) & set(rec.topics))
+    if taken:
+        raise ReplayError(f"the recording already has {', '.join(taken)}; choose another "
+                          "--namespace")
+    return outputs
+
+
 def check_recording(opt: ReplayOptions) -> None:
     """Everything that can fail before a model is loaded: the recording and its topics, the
     output path, the ground-truth file (ReplayError / InputError)."""
     with Recording(opt.bag) as rec:
         select_cameras(rec, opt)
+        output_topics(rec, opt.namespace)
     if opt.output is not None and opt.output.exists():
         raise ReplayError(f"{opt.output} exists already; the output must be a new path")
     if opt.ground_truth is not None:
@@ -160,7 +174,7 @@ class Replay:
         self.error = ""
         self._slop_ns = int(options.sync_slop * 1e9)
         self._out: OutputBag | None = None
-        self._ns = "/" + options.namespace.strip("/") if options.namespace.strip("/") else ""
+        self._groundings_topic = self._markers_topic = self._debug_topic = ""
         self._t0 = self._wall0 = 0.0
         self._busy_until = -math.inf
         self._overlay_ok = options.overlay
@@ -192,17 +206,18 @@ class Replay:
         return report
 
     def _open_output(self, rec: Recording) -> None:
+        outputs = output_topics(rec, self.opt.namespace)
+        self._groundings_topic, self._markers_topic, self._debug_topic = outputs
         out = OutputBag(self.opt.output, self.opt.output_storage, self.msgs.store)
+        try:
+            for topic in rec.topics.values():
+                out.copy_topic(topic)
+            for name, msgtype in outputs.items():
+                out.add_topic(name, msgtype)
+        except BaseException:
+            out.close()
+            raise
         self._out = out
-        for topic in rec.topics.values():
-            out.copy_topic(topic)
-        for suffix, msgtype in (("groundings", m.GROUNDED_OBJECT_ARRAY),
-                                ("markers", m.MARKER_ARRAY), ("debug_image", m.IMAGE)):
-            name = f"{self._ns}/{suffix}"
-            if name in rec.topics:
-                raise ReplayError(f"the recording already has {name}; choose another "
-                                  "--namespace")
-            out.add_topic(name, msgtype)
 
     def _loop(self, rec: Recording, cams: list[_Camera]) -> None:
         by_image = {c.image.name: c for c in cams}
@@ -386,18 +401,18 @@ class Replay:
         if out is None:
             return
         for arr in arrays:
-            out.write(f"{self._ns}/groundings", item.log_time, self.msgs.serialize(arr))
-        out.write(f"{self._ns}/markers", item.log_time, self.msgs.serialize(
+            out.write(self._groundings_topic, item.log_time, self.msgs.serialize(arr))
+        out.write(self._markers_topic, item.log_time, self.msgs.serialize(
             self.msgs.markers(arrays, self.opt.marker_lifetime, self.opt.debug_max_objects)))
         if self._overlay_ok:
             try:
                 overlay = m.render_overlay(rgb, arrays, self.opt.debug_max_objects)
             except ImportError as exc:
                 self._overlay_ok = False
-                self._warn(f"no {self._ns}/debug_image: the overlay renderer does not load "
+                self._warn(f"no {self._debug_topic}: the overlay renderer does not load "
                            f"({exc})")
                 return
-            out.write(f"{self._ns}/debug_image", item.log_time,
+            out.write(self._debug_topic, item.log_time,
                       self.msgs.serialize(self.msgs.rgb_image(overlay, header)))
 
     def _evaluate(self, image_id: int, frame: Any) -> None:
