@@ -91,6 +91,20 @@ def test_bad_ground_truth_files(tmp_path: Path) -> None:
         GroundTruth({"annotations": []})
     with pytest.raises(InputError, match="neither stamp_ns"):
         GroundTruth({"images": [{"id": 1}]})
+    image = {"id": 1, "stamp_ns": 5}
+    ann = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}
+    cats = [{"id": 1, "name": "cup"}]
+    with pytest.raises(InputError, match=r"duplicate annotation ids \[7\]"):
+        GroundTruth({"images": [image], "categories": cats,
+                     "annotations": [{"id": 7, **ann}, {"id": 7, **ann}]})
+    with pytest.raises(InputError, match="duplicate image ids"):
+        GroundTruth({"images": [image, image]})
+    with pytest.raises(InputError, match="unknown image_id 2"):
+        GroundTruth({"images": [image], "categories": cats,
+                     "annotations": [{"id": 1, **ann, "image_id": 2}]})
+    with pytest.raises(InputError, match="unknown category_id 3"):
+        GroundTruth({"images": [image], "categories": cats,
+                     "annotations": [{"id": 1, **ann, "category_id": 3}]})
     bad = tmp_path / "gt.json"
     bad.write_text("{not json")
     with pytest.raises(InputError, match="cannot read ground truth"):
@@ -98,3 +112,13 @@ def test_bad_ground_truth_files(tmp_path: Path) -> None:
     good = tmp_path / "ok.json"
     good.write_text(json.dumps({"images": [{"id": 3, "stamp": {"sec": 1, "nanosec": 5}}]}))
     assert GroundTruth.load(good).image_id("/any", 0, 1_000_000_005) == 3
+
+
+def test_demo_ground_truth_is_valid() -> None:
+    """The README demo's ground truth: 7 annotations with distinct ids, both frame keys."""
+    from objembed_ros.testing.recording import START_NS, demo_ground_truth
+
+    gt = GroundTruth(demo_ground_truth(2))
+    assert len(gt.dataset["annotations"]) == 7 and gt.has_boxes
+    assert gt.image_id(TOPIC, 0, START_NS) == 1 and gt.image_id(TOPIC, 1, 0) == 2
+    assert sum(len(v) for v in gt.expressions.values()) == 7

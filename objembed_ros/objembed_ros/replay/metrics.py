@@ -63,6 +63,25 @@ def _stamp(image: dict[str, Any]) -> int | None:
     return None
 
 
+def _check_ids(source: str, images: list[dict[str, Any]], annotations: list[dict[str, Any]],
+               categories: set[int]) -> None:
+    """pycocotools indexes by id and silently keeps the last of duplicates: refuse them, and
+    annotations that point at no image or category."""
+    for kind, items in (("image", images), ("annotation", annotations)):
+        ids = [int(x["id"]) for x in items]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise InputError(f"{source}: duplicate {kind} ids {dup[:10]}")
+    image_ids = {int(x["id"]) for x in images}
+    for ann in annotations:
+        if int(ann["image_id"]) not in image_ids:
+            raise InputError(f"{source}: annotation {ann['id']} has unknown image_id "
+                             f"{ann['image_id']}")
+        if "category_id" in ann and int(ann["category_id"]) not in categories:
+            raise InputError(f"{source}: annotation {ann['id']} has unknown category_id "
+                             f"{ann['category_id']}")
+
+
 class GroundTruth:
     """The ground-truth file, indexed by recorded frame."""
 
@@ -86,6 +105,7 @@ class GroundTruth:
             else:
                 raise InputError(f"{source}: image {image_id} has neither stamp_ns/stamp nor "
                                  "topic + index")
+        _check_ids(source, images, annotations, set(self.categories))
         self.expressions: dict[int, list[Expression]] = {}
         for ann in annotations:
             ann.setdefault("iscrowd", 0)

@@ -136,8 +136,9 @@ def demo_ground_truth(frames: int) -> dict[str, Any]:
         key: dict[str, Any] = ({"stamp_ns": START_NS + i * PERIOD_NS} if i == 0
                                else {"index": i})
         images.append({"id": i + 1, "topic": IMAGE_TOPIC, **key})
-        anns += [{"id": len(anns) + 1, "image_id": i + 1, "category_id": cat[name],
-                  "bbox": list(box), "expressions": [expr]} for name, box, expr in objs]
+        for name, box, expr in objs:
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat[name],
+                         "bbox": list(box), "expressions": [expr]})
     return {"images": images, "annotations": anns,
             "categories": [{"id": i, "name": n} for n, i in cat.items()]}
 
