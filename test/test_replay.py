@@ -48,6 +48,22 @@ def _args(bag: Path, ckpt: Path, out: Path, *extra: str) -> list[str]:
     return [str(bag), "--checkpoint", str(ckpt), "-o", str(out), "--no-progress", *extra]
 
 
+def _check_mcap_for_foxglove(path: Path, counts: dict[str, int]) -> None:
+    """Read the file with Foxglove's own mcap library: ros2msg schemas (what Foxglove decodes
+    with) and cdr channels, a summary whose statistics match what rosbags reads."""
+    from mcap.reader import make_reader
+
+    with path.open("rb") as f:
+        summary = make_reader(f).get_summary()
+    assert summary is not None
+    assert {s.encoding for s in summary.schemas.values()} == {"ros2msg"}
+    assert {c.message_encoding for c in summary.channels.values()} == {"cdr"}
+    by_channel = summary.statistics.channel_message_counts
+    assert {c.topic: by_channel.get(i, 0) for i, c in summary.channels.items()} == counts
+    names = {s.name for s in summary.schemas.values()}
+    assert "objembed_msgs/msg/GroundedObjectArray" in names
+
+
 def test_mcap_with_depth_matches_the_node_path(tmp_path: Path, mcap_bag: Path,
                                                tiny_objembed_dir: Path,
                                                frames: list[rec.Frame]) -> None:
@@ -78,6 +94,7 @@ def test_mcap_with_depth_matches_the_node_path(tmp_path: Path, mcap_bag: Path,
         types = {c.topic: c.msgtype for c in reader.connections}
     assert types["/objembed/groundings"] == "objembed_msgs/msg/GroundedObjectArray"
     assert types["/objembed/markers"] == "visualization_msgs/msg/MarkerArray"
+    _check_mcap_for_foxglove(out / "out.mcap", {t: len(v) for t, v in got.items()})
 
     # the reference: the node's conversions on a Grounder fed the same pixels and depth
     grounder = Grounder.load(GrounderConfig(checkpoint=str(tiny_objembed_dir),
