@@ -137,12 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from objembed_ros.core.errors import InputError
     from objembed_ros.encoder.checkpoint import CheckpointError
     from objembed_ros.replay.bag import ReplayError
-    from objembed_ros.replay.session import (
-        Replay,
-        ReplayOptions,
-        check_recording,
-        summary_text,
-    )
+    from objembed_ros.replay.report import summary_text
+    from objembed_ros.replay.session import Replay, ReplayOptions, check_recording
 
     queries = list(args.query) + (load_queries(args.queries_file) if args.queries_file else [])
     if args.output is None and args.report is None:

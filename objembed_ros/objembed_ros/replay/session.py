@@ -14,7 +14,6 @@ time the model is free (newest frame wins, like the node's worker).
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -32,8 +31,9 @@ from objembed_ros.core.frames import PAIR_EMPTY, PAIR_OK, StampBuffer
 from objembed_ros.grounder import add_positions
 from objembed_ros.replay import messages as m
 from objembed_ros.replay.bag import OutputBag, Recording, ReplayError, Topic
-from objembed_ros.replay.latency import StageTimes, format_table, machine
+from objembed_ros.replay.latency import StageTimes, machine
 from objembed_ros.replay.metrics import Evaluation, GroundTruth
+from objembed_ros.replay.report import CsvStream, progress_bar
 
 DEPTH_TYPES = (m.IMAGE,)
 ANY_STAMP = 2**62  # pairing slop that accepts any stamp
@@ -226,7 +226,7 @@ class Replay:
         read = list(rec.topics.values()) if self._out is not None else (
             [c.image for c in cams] + [t for c in cams for t in (c.depth, c.info) if t])
         total = sum(c.image.count or 0 for c in cams) or None
-        bar = _progress(total, self.opt.progress)
+        bar = progress_bar(total, self.opt.progress)
         index: Counter[str] = Counter()
         queue: deque[_Item] = deque()
         try:
@@ -469,62 +469,3 @@ class Replay:
             "warnings": self.warnings,
         }
         return report
-
-
-def _progress(total: int | None, enabled: bool | None) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="frame", desc="replay", disable=None if enabled is None
-                else not enabled, dynamic_ncols=True)
-
-
-class CsvStream:
-    """Rows written as they come (a long recording must not pile them up in memory); the
-    columns are the first row's keys. No path: nothing is written."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._file: Any = None
-        self._writer: csv.DictWriter | None = None
-        self.rows = 0
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("w", newline="")
-            self._writer = csv.DictWriter(self._file, fieldnames=list(row), restval="",
-                                          extrasaction="ignore")
-            self._writer.writeheader()
-        self._writer.writerow(row)
-        self.rows += 1
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def summary_text(report: dict[str, Any]) -> str:
-    """What the CLI prints: frames, the latency table, accuracy, and any error."""
-    lat = report["latency"]
-    fr = report["frames"]
-    mach = report["machine"]
-    lines = [f"frames: {fr['processed']} processed of {fr['seen']} seen, {fr['dropped']} "
-             f"dropped, rejected {fr['rejected'] or 'none'}",
-             f"machine: {mach['cpu']}, {mach['cores_available']} cores, torch {mach['torch']} "
-             f"({mach['torch_threads']} threads), device {mach['device']}",
-             format_table(lat["stages"], [("throughput_fps", str(lat["throughput_fps"])),
-                                          ("model_fps", str(lat["model_fps"]))])]
-    acc = report.get("accuracy")
-    if acc:
-        if "referring" in acc:
-            r = acc["referring"]
-            lines.append(f"referring Acc@0.5: {r['acc@0.5']:.4f} ({r['hits']}/"
-                         f"{r['expressions']} expressions)")
-        if "detection" in acc:
-            lines += acc["detection"].get("summary", [])
-    if report["error"]:
-        lines.append(f"STOPPED EARLY: {report['error']} (report covers the frames processed)")
-    return "\n".join(lines)
