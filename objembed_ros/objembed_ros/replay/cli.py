@@ -83,20 +83,20 @@ def load_queries(path: Path) -> list[str]:
     import yaml
 
     def find(node: Any) -> list[str] | None:
-        if isinstance(node, list):
-            return [str(q) for q in node]
-        if isinstance(node, dict):
-            for key in ("queries", "standing_queries"):
-                if isinstance(node.get(key), list):
-                    return [str(q) for q in node[key]]
-            for value in node.values():
-                found = find(value)
-                if found is not None:
-                    return found
+        if not isinstance(node, dict):
+            return None
+        for key in ("queries", "standing_queries"):
+            if isinstance(node.get(key), list):
+                return [str(q) for q in node[key]]
+        for value in node.values():
+            found = find(value)
+            if found is not None:
+                return found
         return None
 
     try:
-        found = find(yaml.safe_load(path.read_text()))
+        data = yaml.safe_load(path.read_text())
+        found = [str(q) for q in data] if isinstance(data, list) else find(data)
     except (OSError, yaml.YAMLError) as exc:
         raise SystemExit(f"error: cannot read --queries-file {path}: {exc}") from exc
     if found is None:
