@@ -29,6 +29,7 @@ setup(
             "objembed-ground = objembed_ros.cli:main",
             "grounding_node = objembed_ros.ros.node:main",
             "objembed-launch = objembed_ros.ros.launcher:main",
+            "objembed-replay = objembed_ros.replay.cli:main",
         ],
     },
 )

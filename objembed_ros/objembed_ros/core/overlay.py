@@ -1,7 +1,8 @@
 """The one overlay renderer: boxes and labels drawn on an image copy (numpy + PIL, no ROS).
 
-The node's ~/debug_image (ros/viz.py, from GroundedObjectArray messages) and the CLI's
---overlay PNG (from its results) both draw here, so they look the same: one colour per
+The node's ~/debug_image (ros/viz.py), objembed-replay's debug image (both from
+GroundedObjectArray messages, through `message_groups`) and the CLI's --overlay PNG (from its
+results) all draw here, so they look the same: one colour per
 query in request order, a box outline on the last covered pixel (pixel k covers [k, k+1)),
 a filled label above the box (inside it when there is no room above).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +34,21 @@ class OverlayBox:
 
     box: tuple[float, float, float, float]
     label: str
+
+
+def message_groups(arrays: Sequence[Any], max_per_query: int = 5) -> list[list[OverlayBox]]:
+    """GroundedObjectArray messages (rclpy's or rosbags' classes alike: only fields are read)
+    -> one group per query: its best boxes labelled "label score [z m]"."""
+    groups = []
+    for arr in arrays:
+        items = []
+        for obj in list(arr.objects)[:max_per_query]:
+            label = f"{obj.label} {obj.score:.2f}"
+            if obj.position_valid:
+                label += f" {obj.position.z:.2f}m"
+            items.append(OverlayBox((obj.x1, obj.y1, obj.x2, obj.y2), label))
+        groups.append(items)
+    return groups
 
 
 def draw_overlay(rgb: np.ndarray, groups: Sequence[Sequence[OverlayBox]],

@@ -123,13 +123,4 @@ def draw_overlay(rgb: np.ndarray, arrays: Sequence[GroundedObjectArray],
                  max_per_query: int = 5) -> np.ndarray:
     """The image with each query's best boxes, labels ("label score [z m]") drawn on it
     (a copy)."""
-    groups = []
-    for arr in arrays:
-        items = []
-        for obj in list(arr.objects)[:max_per_query]:
-            label = f"{obj.label} {obj.score:.2f}"
-            if obj.position_valid:
-                label += f" {obj.position.z:.2f}m"
-            items.append(overlay.OverlayBox((obj.x1, obj.y1, obj.x2, obj.y2), label))
-        groups.append(items)
-    return overlay.draw_overlay(rgb, groups)
+    return overlay.draw_overlay(rgb, overlay.message_groups(arrays, max_per_query))
