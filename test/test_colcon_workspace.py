@@ -116,8 +116,8 @@ def test_installed_node_answers_ground(installed_node, workspace: Path,
     proc, env = installed_node
     # The environment resolves the Python packages to install/, not the checkout.
     where = subprocess.run(
-        [sys.executable, "-c",
-         "import objembed_ros, objembed_msgs; print(objembed_ros.__file__, objembed_msgs.__file__)"],
+        [sys.executable, "-c", "import objembed_ros as r, objembed_msgs as m; "
+                               "print(r.__file__, m.__file__)"],
         env=env, check=True, capture_output=True, text=True).stdout.split()
     inst = str(workspace / "install")
     assert all(p.startswith(inst) for p in where), where

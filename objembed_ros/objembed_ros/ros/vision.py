@@ -100,8 +100,7 @@ def to_detection3d_array(arrays: Sequence[GroundedObjectArray], header: Header) 
             for pose in (det.bbox.center, hyp.pose.pose):
                 pose.position.x = float(obj.position.x)
                 pose.position.y = float(obj.position.y)
-                pose.position.z = float(obj.position.z)
-                pose.orientation.w = 1.0
+                pose.position.z = float(obj.position.z)  # orientation: identity (default)
             det.results = [hyp]
             det.bbox.size.x = float(obj.size.x)
             det.bbox.size.y = float(obj.size.y)
