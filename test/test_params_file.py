@@ -14,14 +14,14 @@ def _shipped() -> dict:
     return yaml.safe_load(default_params_file().read_text())
 
 
-def test_shipped_file_is_keyed_for_any_node_and_names_only_declared_parameters() -> None:
+def test_shipped_file_is_keyed_for_any_node_and_documents_every_parameter() -> None:
+    """Keyed /**; one entry per declared parameter, at its declared default (the file is the
+    parameters' documentation, and applying it changes nothing)."""
     from objembed_ros.ros.node import PARAMETERS
 
     data = _shipped()
     assert list(data) == ["/**"]
-    values = data["/**"]["ros__parameters"]
-    declared = {p.name for p in PARAMETERS}
-    assert set(values) <= declared, set(values) - declared
+    assert data["/**"]["ros__parameters"] == {p.name: p.default for p in PARAMETERS}
 
 
 def test_params_file_applies_to_a_namespaced_renamed_node(launch_node, ros_client,
