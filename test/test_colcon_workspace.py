@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from node_helpers import NodeHandle
 
-from objembed_ros.ros.launcher import ros_arguments
+from objembed_ros.ros.launcher import NodeProcess, ros_arguments
 from objembed_ros.testing.ros_harness import RosClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,23 +92,17 @@ def installed_node(workspace: Path, tiny_objembed_dir: Path, tmp_path: Path) -> 
     # (the bootstrapper's re-exec would reorder the entries).
     env = _sourced_env(workspace, dict(os.environ))
     entry = workspace / "install/objembed_ros/lib/objembed_ros/grounding_node"
-    log = open(tmp_path / "installed_node.log", "w")
-    args = ros_arguments(namespace=NS, parameters={
-        "checkpoint": str(tiny_objembed_dir), "proposer": "whole_image"})
-    proc = subprocess.Popen([str(entry), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    log_path = tmp_path / "installed_node.log"
+    log = open(log_path, "w")  # closed by NodeProcess.stop
+    command = [str(entry), *ros_arguments(namespace=NS, parameters={
+        "checkpoint": str(tiny_objembed_dir), "proposer": "whole_image"})]
+    proc = NodeProcess(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True), command, log_path, log)
     try:
-        yield proc, env
+        yield proc.popen, env
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        if proc.returncode not in (0, -2, -15, 130):
-            print((tmp_path / "installed_node.log").read_text()[-6000:])
+        if proc.stop() not in (0, -2, 130):
+            print(proc.log()[-6000:])
 
 
 def test_installed_node_answers_ground(installed_node, workspace: Path,
