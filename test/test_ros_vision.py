@@ -51,6 +51,7 @@ def _groundings() -> list:
 
 def test_available_and_reason_when_absent(monkeypatch: pytest.MonkeyPatch) -> None:
     assert vision.available() and vision.unavailable_reason() == ""
+    assert vision.messages() is vm
     vision._import_error.cache_clear()
     monkeypatch.setitem(sys.modules, "vision_msgs", None)  # import now raises ImportError
     try:
@@ -58,6 +59,8 @@ def test_available_and_reason_when_absent(monkeypatch: pytest.MonkeyPatch) -> No
         assert "vision_msgs is not installed" in vision.unavailable_reason()
         with pytest.raises(RuntimeError, match="vision_msgs is not installed"):
             vision.to_detection2d_array(_groundings(), _header())
+        with pytest.raises(RuntimeError, match="vision_msgs is not installed"):
+            vision.messages()
     finally:
         vision._import_error.cache_clear()
 

@@ -45,7 +45,9 @@ def unavailable_reason() -> str:
     return _import_error()
 
 
-def _vision() -> Any:
+def messages() -> Any:
+    """The vision_msgs.msg module (for publishers and subscriptions); RuntimeError with
+    unavailable_reason() when it cannot be imported."""
     if not available():
         raise RuntimeError(unavailable_reason())
     import vision_msgs.msg
@@ -70,7 +72,7 @@ def to_detection2d_array(arrays: Sequence[GroundedObjectArray], header: Header) 
     vision_msgs/Detection2DArray: one Detection2D per object, its single hypothesis the query
     (class_id) with the grounding score (similarity * iou), id = track_id when tracked, the
     source image header on the array and on every detection."""
-    vm = _vision()
+    vm = messages()
     out = vm.Detection2DArray(header=header)
     for arr in arrays:
         for obj in arr.objects:
@@ -89,7 +91,7 @@ def to_detection3d_array(arrays: Sequence[GroundedObjectArray], header: Header) 
     """The objects with a valid 3D estimate (position_valid) -> vision_msgs/Detection3DArray:
     bbox centre = the object's 3D point, axis-aligned in the optical frame, size = its extent;
     the hypothesis pose is the same point. Objects without 3D are left out (possibly all)."""
-    vm = _vision()
+    vm = messages()
     out = vm.Detection3DArray(header=header)
     for arr in arrays:
         for obj in arr.objects:
