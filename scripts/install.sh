@@ -39,7 +39,8 @@ start=$(date +%s)
 # a guard inherited from another interpreter would skip that step for the venv's Python.
 unset _ROS_WHEELS_BOOTSTRAP_COMPLETE
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip wheel
+# setuptools: colcon-core (requirements-ros.txt) requires < 80
+"$VENV/bin/python" -m pip install -q --upgrade pip wheel "setuptools<80"
 "$VENV/bin/python" -m pip install -q -r requirements.txt -r requirements-ros.txt
 mkdir -p "$STAMPS"
 
