@@ -23,7 +23,6 @@ setup(
     description="Ground language queries in camera images with ObjEmbed (ROS 2).",
     license="Apache-2.0",
     python_requires=">=3.10",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "objembed-ground = objembed_ros.cli:main",

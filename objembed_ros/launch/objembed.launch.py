@@ -1,7 +1,7 @@
 """Launch the objembed_ros grounding node (ROS installs with `ros2 launch`).
 
     ros2 launch objembed_ros objembed.launch.py image:=/camera/color/image_raw \
-        params_file:=/path/params.yaml checkpoint:=/models/ObjEmbed-2B
+        params_file:=/path/params.yaml checkpoint:=/models/ObjEmbed-2B namespace:=robot1
 
 The node is a LifecycleNode; with autostart (default true) it configures and activates
 itself. Set autostart:=false to drive it from a lifecycle manager instead. Fast DDS uses
@@ -40,8 +40,12 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("checkpoint", default_value="",
                               description="ObjEmbed checkpoint dir (overrides params_file "
                                           "when set)"),
-        DeclareLaunchArgument("namespace", default_value=""),
-        DeclareLaunchArgument("autostart", default_value="true"),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="node namespace (params_file is keyed /**, so its "
+                                          "values apply under any namespace)"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="configure + activate on start (false: leave it "
+                                          "to a lifecycle manager)"),
     ]
     actions = list(args)
     if not os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"):
