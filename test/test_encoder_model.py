@@ -65,6 +65,14 @@ def official_style_pass(enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndarray
                                image_mean=[0.5] * 3, image_std=[0.5] * 3)
     inputs = ip.preprocess(images=resized, do_resize=False, return_tensors="pt")
     pv, grid = inputs["pixel_values"], inputs["image_grid_thw"]
+    # The official rows hold each patch twice (temporal patch 2, channel-major: C, T, P, P).
+    # The loaded vision tower's patch embedding is folded over time (encoder/preprocess.py,
+    # proven against transformers' Conv3d in test_encoder_preprocess.py) and our pipeline
+    # feeds it one slice; feed the official pixels' first slice the same way, after checking
+    # that the two slices are identical, so both sides run the same ops on the same values.
+    slices = pv.reshape(pv.shape[0], 3, 2, 16 * 16)
+    assert torch.equal(slices[:, :, 0], slices[:, :, 1])
+    pv = slices[:, :, 0].reshape(pv.shape[0], 3 * 16 * 16).contiguous()
     obj_str = "".join(f"Object {j}: <object><object>. " for j in range(len(boxes)))
     if layout == 0:
         obj_str = obj_str + "The global image is <global>"

@@ -18,13 +18,16 @@ MSGS = REPO / "msg" / "objembed_msgs"
 # Non-ROS imports -> their rosdep keys (rosdistro rosdep/python.yaml).
 PYTHON_KEYS = {
     "numpy": "python3-numpy", "PIL": "python3-pil", "yaml": "python3-yaml",
-    "skimage": "python3-skimage", "torch": "python3-torch",
+    "skimage": "python3-skimage", "torch": "python3-torch", "scipy": "python3-scipy",
+    "tqdm": "python3-tqdm",
     "transformers": "python3-transformers-pip",
     # pip dependencies of transformers: no key of their own, installed with it
     "safetensors": "python3-transformers-pip", "tokenizers": "python3-transformers-pip",
 }
 # Imported only when chosen; the node falls back to torch and says why (package.xml comment).
 OPTIONAL = {"onnx", "onnxruntime", "tensorrt", "flash_attn", "torchvision"}
+# No rosdep keys: from requirements.txt with pip (package.xml comment says which and why).
+PIP_ONLY = {"rosbags", "mcap", "pycocotools", "usearch"}
 
 
 def _imported_top_level(paths: list[Path]) -> set[str]:
@@ -59,7 +62,7 @@ def test_node_package_declares_exactly_the_dependencies_it_imports() -> None:
     declared = {d.name for d in pkg.exec_depends}
     sources = sorted((PKG / "objembed_ros").rglob("*.py")) + sorted((PKG / "launch").glob("*.py"))
     used = set()
-    for name in _imported_top_level(sources) - set(sys.stdlib_module_names) - OPTIONAL:
+    for name in _imported_top_level(sources) - set(sys.stdlib_module_names) - OPTIONAL - PIP_ONLY:
         if name != "objembed_ros":
             used.add(PYTHON_KEYS.get(name, name))  # else a ROS package: key = its name
     assert used - declared == set(), f"imported but not declared: {used - declared}"

@@ -94,8 +94,7 @@ def test_markers_and_overlay_match_the_node(msgs: m.Messages) -> None:
     from objembed_msgs.msg import GroundedObjectArray
     from objembed_ros.ros import viz
 
-    assert (m.PALETTE, m.MIN_MARKER_SIZE, m.TEXT_HEIGHT) == (
-        viz.PALETTE, viz.MIN_MARKER_SIZE, viz.TEXT_HEIGHT)
+    assert (m.MIN_MARKER_SIZE, m.TEXT_HEIGHT) == (viz.MIN_MARKER_SIZE, viz.TEXT_HEIGHT)
     header = header_at(msgs, 5_000_000_123)
     ours = [msgs.grounded_array(_result(q), header) for q in ("a cup", "a plate")]
     theirs = [deserialize_message(msgs.serialize(a), GroundedObjectArray) for a in ours]

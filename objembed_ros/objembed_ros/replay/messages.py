@@ -46,12 +46,8 @@ MSG_DEFAULTS: dict[str, dict[str, Any]] = {
     "geometry_msgs/msg/Quaternion": {"w": 1.0},
     "objembed_msgs/msg/GroundedObject": {"track_id": -1},
 }
-# The node's marker look and per-query colours (ros/viz.py, which imports rclpy; a test
-# keeps the two equal).
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-)
+# The node's marker look (ros/viz.py, which imports rclpy; a test keeps the two equal);
+# per-query colours come from the one palette, core/overlay.colour.
 MIN_MARKER_SIZE = 0.01
 TEXT_HEIGHT = 0.06
 
@@ -169,7 +165,7 @@ class Messages:
                             nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
         marker_id = 0
         for qi, arr in enumerate(arrays):
-            r, g, b = (c / 255 for c in PALETTE[qi % len(PALETTE)])
+            r, g, b = (c / 255 for c in overlay.colour(qi))
             shown = 0
             for obj in arr.objects:
                 if not obj.position_valid or shown >= max_per_query:
