@@ -5,8 +5,8 @@ subscriptions/QoS/pairing in ros/inputs.py, the services in ros/services.py, /di
 ros/diagnostics.py; ROS-free policy in core/ (selection, pairing, boxes, stats).
 
 Lifecycle (what each state means here):
-- unconfigured: no model. Every functional service (~/ground, ~/find_image, ~/set_queries)
-  answers success=false, "model not ready (node unconfigured...)". /diagnostics runs.
+- unconfigured: no model. Every functional service (~/ground, ~/find_image, ~/set_queries,
+  ~/recall) answers success=false, "model not ready (node unconfigured...)". /diagnostics runs.
 - configure loads the model (a missing/broken checkpoint -> FAILURE with the reason in the log
   and /diagnostics; the node stays unconfigured and alive), creates subscriptions,
   publishers and the worker thread.
@@ -16,7 +16,8 @@ Lifecycle (what each state means here):
   images waiting for proposals, and answers every pending call ("node deactivated");
   model work of those calls that has not started is cancelled.
 - active: frames are encoded and served. Activate resumes with an empty cache.
-- cleanup releases the model (and CUDA memory), the worker and the topics.
+- cleanup releases the model (and CUDA memory), the worker and the topics, and flushes and
+  closes the object memory (memory_enabled; ros/recall.py), opened on configure.
 - shutdown (SIGINT/SIGTERM, handled explicitly, also when started with SIGINT ignored):
   pending calls are answered "shutting down", then everything is released; the process
   ends within a few seconds even while a model pass runs.
