@@ -71,6 +71,8 @@ def node_status(node: GroundingNode) -> DiagnosticStatus:
         values["frames_cached"] = str(len(grounder.frames))
         for k, v in grounder.text_cache_stats().items():
             values[f"text_cache_{k}"] = str(v)
+    if node.memory is not None:
+        values.update(node.memory.status())
     if node.model_error:
         level, message = DiagnosticStatus.ERROR, f"{node.state}: {node.model_error}"
     elif node.state != "active":

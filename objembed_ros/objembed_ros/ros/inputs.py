@@ -232,18 +232,26 @@ class Inputs:
     def with_positions(self, result: GroundingResult, frame: CachedFrame) -> GroundingResult:
         """Attach 3D when depth topics are configured (pairs depth lazily, once per frame)."""
         meta: FrameMeta = frame.meta
-        cam = self.cameras.get(meta.camera)
-        if cam is None or not (cam.has_depth_topic or cam.has_info_topic):
+        if not self.paired_depth(frame):
             return result
-        with meta.lock:
-            if meta.depth_m is None:
-                self._pair_depth(cam, frame.stamp_ns, meta)
-            meta.intrinsics = meta.intrinsics or cam.info
         if meta.depth_m is None:
             return add_positions(result, None, None, missing_status=meta.depth_status)
         if meta.intrinsics is None:
             return add_positions(result, None, None, missing_status=STATUS_NO_CAMERA_INFO)
         return add_positions(result, meta.depth_m, meta.intrinsics)
+
+    def paired_depth(self, frame: CachedFrame) -> bool:
+        """Pair the frame's depth and intrinsics into frame.meta (lazily, once per frame);
+        False when its camera has neither a depth nor a camera_info topic."""
+        meta: FrameMeta = frame.meta
+        cam = self.cameras.get(meta.camera)
+        if cam is None or not (cam.has_depth_topic or cam.has_info_topic):
+            return False
+        with meta.lock:
+            if meta.depth_m is None:
+                self._pair_depth(cam, frame.stamp_ns, meta)
+            meta.intrinsics = meta.intrinsics or cam.info
+        return True
 
     def _pair_depth(self, cam: Camera, stamp_ns: int, meta: FrameMeta) -> None:
         slop = slop_ns(self.node.get_parameter("sync_slop").value)

@@ -5,8 +5,8 @@ subscriptions/QoS/pairing in ros/inputs.py, the services in ros/services.py, /di
 ros/diagnostics.py; ROS-free policy in core/ (selection, pairing, boxes, stats).
 
 Lifecycle (what each state means here):
-- unconfigured: no model. Every functional service (~/ground, ~/find_image, ~/set_queries)
-  answers success=false, "model not ready (node unconfigured...)". /diagnostics runs.
+- unconfigured: no model. Every functional service (~/ground, ~/find_image, ~/set_queries,
+  ~/recall) answers success=false, "model not ready (node unconfigured...)". /diagnostics runs.
 - configure loads the model (a missing/broken checkpoint -> FAILURE with the reason in the log
   and /diagnostics; the node stays unconfigured and alive), creates subscriptions,
   publishers and the worker thread.
@@ -16,7 +16,8 @@ Lifecycle (what each state means here):
   images waiting for proposals, and answers every pending call ("node deactivated");
   model work of those calls that has not started is cancelled.
 - active: frames are encoded and served. Activate resumes with an empty cache.
-- cleanup releases the model (and CUDA memory), the worker and the topics.
+- cleanup releases the model (and CUDA memory), the worker and the topics, and flushes and
+  closes the object memory (memory_enabled; ros/recall.py), opened on configure.
 - shutdown (SIGINT/SIGTERM, handled explicitly, also when started with SIGINT ignored):
   pending calls are answered "shutting down", then everything is released; the process
   ends within a few seconds even while a model pass runs.
@@ -60,18 +61,20 @@ from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
 
-from objembed_msgs.msg import GroundedObjectArray
-from objembed_msgs.srv import FindImage, Ground, SetQueries
+from objembed_msgs.msg import GroundedObjectArray, MemoryEntry
+from objembed_msgs.srv import FindImage, Ground, Recall, SetQueries
 from objembed_ros.core.errors import InputError
 from objembed_ros.core.frames import LatestMailbox
 from objembed_ros.core.stats import LatencyWindow, ReasonCounter, Throttle
 from objembed_ros.grounder import CachedFrame, Grounder, GroundingResult
-from objembed_ros.ros import convert, params
+from objembed_ros.ros import convert, params, viz
 from objembed_ros.ros.diagnostics import node_status
 from objembed_ros.ros.inputs import Camera, FrameMeta, Inputs, Job
 from objembed_ros.ros.launcher import die_with_parent, exit_now, stop_on_signals
 from objembed_ros.ros.outputs import Outputs
+from objembed_ros.ros.recall import MemoryService, grounder_embedders
 from objembed_ros.ros.services import Services
 
 NODE_NAME = params.NODE_NAME
@@ -104,6 +107,8 @@ class GroundingNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._consumers: list[FrameConsumer] = []
+        self.memory: MemoryService | None = None  # object memory (configure, memory_enabled)
+        self._recall_markers: Any = None
         self.standing: list[str] = [q.strip() for q in params.value(self, "standing_queries")]
 
         self.rejected = ReasonCounter()  # bad inputs by reason
@@ -125,6 +130,8 @@ class GroundingNode(LifecycleNode):
                                         (FindImage, "~/find_image", self.handlers.find_image)):
             self.create_service(srv_type, name, handler, qos_profile=SERVICE_QOS,
                                 callback_group=group)
+        self.create_service(Recall, "~/recall", self.handlers.recall, qos_profile=SERVICE_QOS,
+                            callback_group=group)
         timers = MutuallyExclusiveCallbackGroup()
         self.create_timer(WAIT_TICK_S, lambda: self.handlers.waiters.expire(time.monotonic()),
                           callback_group=timers)
@@ -200,6 +207,12 @@ class GroundingNode(LifecycleNode):
             self.outputs.destroy()
             grounder.close()
             return self._configure_failed(f"cannot create topics: {type(exc).__name__}: {exc}")
+        why = self._open_memory(values, grounder)
+        if why is not None:
+            self.inputs.destroy()
+            self.outputs.destroy()
+            grounder.close()
+            return self._configure_failed(why)
         self.grounder = grounder
         self.model_error = ""
         self.state = "inactive"
@@ -267,11 +280,60 @@ class GroundingNode(LifecycleNode):
         if self._worker is not None:
             self._worker.join(timeout=join_timeout)
             self._worker = None
+        self._close_memory()
         self.inputs.destroy()
         self.outputs.destroy()
         grounder, self.grounder = self.grounder, None
         if grounder is not None:
             grounder.close()
+
+    # ------------------------------------------------------------------ object memory
+    def _open_memory(self, values: dict[str, Any], grounder: Grounder) -> str | None:
+        """With memory_enabled: load the memory (memory_path), listen to /tf (fixed_frame),
+        feed it every encoded frame and create ~/recall_markers. The reason on failure."""
+        if not values["memory_enabled"]:
+            return None
+        try:
+            self.memory = MemoryService.open(
+                self, values, tf_callback_group=MutuallyExclusiveCallbackGroup(),
+                **grounder_embedders(
+                    grounder, lambda: float(self.get_parameter("default_timeout").value)))
+            self._recall_markers = self.create_lifecycle_publisher(
+                MarkerArray, "~/recall_markers", 10)
+        except Exception as exc:  # e.g. an unwritable memory_path: configure fails, node lives
+            self._close_memory()
+            return f"cannot open the object memory: {type(exc).__name__}: {exc}"
+        self.add_frame_consumer(self._remember)
+        return None
+
+    def _remember(self, frame: CachedFrame, results: list[GroundingResult], header: Header,
+                  camera: str) -> None:
+        """Frame consumer: offer the frame, with its paired depth and intrinsics, to the
+        memory (returns at once; the memory thread does the rest)."""
+        memory = self.memory
+        if memory is None:
+            return
+        meta: FrameMeta = frame.meta
+        if self.inputs.paired_depth(frame):
+            memory.on_frame(frame, results, header, meta.depth_m, meta.intrinsics)
+        else:
+            memory.on_frame(frame, results, header)
+
+    def publish_recall_markers(self, entries: list[MemoryEntry]) -> None:
+        """Markers of one ~/recall answer; they stay until the next answer replaces them."""
+        memory, pub = self.memory, self._recall_markers
+        if memory is not None and pub is not None:
+            pub.publish(viz.memory_markers(entries, memory.fixed_frame, 0.0))
+
+    def _close_memory(self) -> None:
+        """Stop feeding the memory, flush its store (cleanup, shutdown)."""
+        self.remove_frame_consumer(self._remember)
+        memory, self.memory = self.memory, None
+        if memory is not None:
+            memory.close()
+        pub, self._recall_markers = self._recall_markers, None
+        if pub is not None:
+            self.destroy_lifecycle_publisher(pub)
 
     def autostart(self) -> None:
         """configure + activate, as a lifecycle manager would (param `autostart`)."""

@@ -22,6 +22,7 @@ from rclpy.parameter import Parameter
 
 from objembed_ros.accel.backends import BACKENDS
 from objembed_ros.grounder import DTYPES, PROPOSERS, GrounderConfig
+from objembed_ros.ros import recall
 
 NODE_NAME = "grounding_node"
 ATTN = ("auto", "sdpa", "eager", "flash_attention_2")
@@ -131,6 +132,22 @@ PARAMETERS: tuple[Param, ...] = (
 )
 
 
+
+def _memory_param(spec: recall.ParamSpec) -> Param:
+    """A Param for one of the object memory's specs (ros/recall.py owns their defaults)."""
+    kinds = ((bool, ParameterType.PARAMETER_BOOL), (int, ParameterType.PARAMETER_INTEGER),
+             (float, ParameterType.PARAMETER_DOUBLE), (str, ParameterType.PARAMETER_STRING))
+    ptype = next(t for cls, t in kinds if isinstance(spec.default, cls))
+    return Param(spec.name, spec.default, ptype, spec.description,
+                 int_range=spec.int_range, float_range=spec.float_range)
+
+
+# The object memory's parameters (read on configure).
+MEMORY_PARAMETERS: tuple[Param, ...] = tuple(_memory_param(s) for s in recall.PARAMETERS)
+PARAMETERS = PARAMETERS + MEMORY_PARAMETERS
+APPLIED_ON_CONFIGURE = APPLIED_ON_CONFIGURE + tuple(p.name for p in MEMORY_PARAMETERS)
+
+
 def descriptor(p: Param) -> ParameterDescriptor:
     d = ParameterDescriptor(name=p.name, type=p.ptype, description=p.description,
                             read_only=p.read_only)
@@ -167,6 +184,10 @@ def validate_settings(values: dict[str, Any]) -> str | None:
     for ok, reason in checks:
         if not ok:
             return reason
+    try:
+        recall.memory_config(values)
+    except ValueError as err:
+        return f"object memory: {err}"
     return None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -89,8 +90,8 @@ class ParamSpec:
 
 
 PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("memory_enabled", False, "Keep an object memory of every frame's proposals and "
-              "serve ~/recall. Applied on configure."),
+    ParamSpec("memory_enabled", True, "Keep an object memory of every frame's proposals and "
+              "serve ~/recall (RAM only unless memory_path is set). Applied on configure."),
     ParamSpec("memory_path", "", "SQLite file the memory persists to (created if missing; a "
               "corrupt or other-version file is renamed aside); empty: RAM only. On configure."),
     ParamSpec("memory_max_entries", 10_000, "Most objects remembered; the least recently "
@@ -429,3 +430,28 @@ class MemoryService:
         if self.tf is not None:
             self.tf.close()
             self.tf = None
+
+
+def grounder_embedders(grounder: Any, timeout_s: Callable[[], float]) -> dict[str, Any]:
+    """MemoryService's embed_text / embed_image / logit_params from a loaded Grounder.
+
+    embed_text: the object-query text embedding of one checked query (a text pass bounded by
+    timeout_s()); embed_image: the object embedding of the whole query image (one image pass
+    with the image as its only box, not cached). Both block: call them off the executor.
+    """
+    def embed_text(text: str) -> np.ndarray:
+        queries = grounder.check_queries([text])
+        deadline = time.monotonic() + timeout_s()
+        return grounder.text_embeddings(queries, deadline=deadline)[0]
+
+    def embed_image(rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        frame = grounder.encode_frame(rgb, boxes=np.array([[0, 0, w, h]], np.float32),
+                                      cache=False)
+        return frame.object_embeddings[0]
+
+    def logit_params() -> tuple[float, float]:
+        p = grounder.logit_params
+        return float(p.logit_log_scale), float(p.logit_bias)
+
+    return {"embed_text": embed_text, "embed_image": embed_image, "logit_params": logit_params}

@@ -1,4 +1,4 @@
-"""The node's services: ~/ground, ~/set_queries, ~/find_image.
+"""The node's services: ~/ground, ~/set_queries, ~/find_image, ~/recall.
 
 Handlers are coroutines (rclpy runs `async def` service callbacks as executor tasks): a call
 waiting for a frame or for the model awaits an rclpy Future and holds no executor thread, so no
@@ -24,7 +24,7 @@ import numpy as np
 from rclpy.parameter import Parameter
 from rclpy.task import Future
 
-from objembed_msgs.srv import FindImage, Ground, SetQueries
+from objembed_msgs.srv import FindImage, Ground, Recall, SetQueries
 from objembed_ros.core.boxes import repair_boxes, request_indices
 from objembed_ros.core.errors import InputError, ModelBusy, ModelFailure, ModelNotReady
 from objembed_ros.core.frames import Stamped, stamp_to_ns
@@ -118,7 +118,7 @@ class Pending:
 
 
 class Services:
-    """The three service handlers of one GroundingNode."""
+    """The service handlers of one GroundingNode."""
 
     def __init__(self, node: GroundingNode) -> None:
         self.node = node
@@ -375,3 +375,21 @@ class Services:
         except convert.ImageConversionError as err:
             self.node.reject("query_image", err.reason, str(err))
             raise InputError(f"bad query image: {err}") from err
+
+    # ---------------------------------------------------------------- ~/recall
+    async def recall(self, request: Recall.Request, response: Recall.Response) -> Any:
+        return await self._answer(self._recall, request, response)
+
+    async def _recall(self, request: Recall.Request, response: Recall.Response,
+                      t_call: float) -> Recall.Response:
+        """The object memory's answer (query embedding and search on the pool); recalled
+        entries are drawn on ~/recall_markers."""
+        memory = self.node.memory
+        if memory is None:
+            return self._fail(response, "memory_disabled",
+                              "memory disabled (memory_enabled=false)")
+        response = await self._off_thread(lambda: memory.handle_recall(request, response))
+        if not response.success:
+            return self._fail(response, "recall_refused", response.message)
+        self.node.publish_recall_markers(response.entries)
+        return response
