@@ -17,7 +17,7 @@ def _shipped() -> dict:
 def test_shipped_file_is_keyed_for_any_node_and_documents_every_parameter() -> None:
     """Keyed /**; one entry per declared parameter, at its declared default (the file is the
     parameters' documentation, and applying it changes nothing)."""
-    from objembed_ros.ros.node import PARAMETERS
+    from objembed_ros.ros.params import PARAMETERS
 
     data = _shipped()
     assert list(data) == ["/**"]
