@@ -3,7 +3,8 @@ started through the project's launcher, talked to over real topics and a real Ac
 
 The box set is deterministic (external proposals), so the references are the input boxes
 themselves: a track id must stay with the same box across frames; a lock on the best object
-must follow the box ~/ground ranks first on the same frame."""
+must follow the box ~/ground ranks first on the same frame; a running lock gets its result
+when the node is stopped."""
 from __future__ import annotations
 
 import time
@@ -28,8 +29,8 @@ BOXES = np.array([[10, 10, 110, 120], [140, 20, 250, 100], [30, 150, 200, 250]],
 STEP_NS = 100_000_000  # 10 fps stamps
 
 
-def _start(launch_node, ns: str, checkpoint: Path, **parameters: object) -> None:
-    launch_node(params_file=default_params_file(), namespace=ns, parameters={
+def _start(launch_node, ns: str, checkpoint: Path, **parameters: object):
+    return launch_node(params_file=default_params_file(), namespace=ns, parameters={
         "checkpoint": str(checkpoint), "proposer": "external", "top_k": 0, **parameters})
 
 
@@ -161,3 +162,30 @@ def test_vision_msgs_detections_out_and_detection2d_proposals_in(launch_node, ro
         assert obj.track_id >= 0 and det.id == str(obj.track_id)  # confirmed by frame 5
         c, w, ht = det.bbox.center.position, det.bbox.size_x, det.bbox.size_y
         assert (c.x - w / 2, c.y - ht / 2, c.x + w / 2, c.y + ht / 2) == _box(obj)
+
+
+def test_running_lock_ends_with_a_result_when_the_node_stops(launch_node, ros_client,
+                                                             tiny_objembed_dir: Path,
+                                                             photo: np.ndarray) -> None:
+    """SIGINT while a lock runs: the goal gets its ABORTED result before the process ends."""
+    proc = _start(launch_node, "stop", tiny_objembed_dir)
+    handle = NodeHandle(ros_client, ns="/stop")
+    assert handle.ground.wait_for_service(timeout_sec=WAIT)
+    client = ActionClient(ros_client.node, LockOn, "/stop/grounding_node/lock_on")
+    assert client.wait_for_server(timeout_sec=WAIT)
+    rgb = np.ascontiguousarray(photo[:256, :256])
+    handle.publish_frame(rgb, STEP_NS, BOXES)
+    feedback: list[LockStatus] = []
+    sent = client.send_goal_async(LockOn.Goal(query=QUERY),
+                                  feedback_callback=lambda f: feedback.append(f.feedback.status))
+    ros_client.wait_for(sent.done, WAIT, "goal response")
+    stamp = 2 * STEP_NS
+    while not feedback:  # the lock is running on frames
+        handle.publish_frame(rgb, stamp, BOXES)
+        stamp += STEP_NS
+        assert stamp < 100 * STEP_NS
+    result = sent.result().get_result_async()
+    assert proc.stop() in (0, -2, 130)
+    ros_client.wait_for(result.done, WAIT, "result after shutdown")
+    assert result.result().status == GoalStatus.STATUS_ABORTED
+    assert result.result().result.message == "the grounding node stopped"

@@ -86,6 +86,7 @@ from objembed_ros.ros.services import Services
 NODE_NAME = params.NODE_NAME
 WAIT_TICK_S = 0.05  # how often expired frame waits are answered
 SHUTDOWN_GRACE_S = 1.0  # time pending calls get to receive their "shutting down" answer
+LOCK_RESULT_SETTLE_S = 0.3  # extra spinning at shutdown for aborted locks' results to go out
 # Requests queue (reliable, deep): a burst of calls must not push earlier ones out of the
 # reader's history before the executor takes them (the default depth 10 loses the 11th).
 SERVICE_QOS = QoSProfile(depth=1000)
@@ -474,10 +475,15 @@ def main(args: list[str] | None = None) -> None:
         except Exception as exc:  # a failing callback is logged, the node keeps running
             node.get_logger().error(f"callback failed: {type(exc).__name__}: {exc}")
     node.get_logger().info("shutting down")
+    locks = node.lock_on.active()
     node.begin_shutdown()
     grace = time.monotonic() + SHUTDOWN_GRACE_S
     while ((node.handlers.calls_in_flight or node.lock_on.active())
            and time.monotonic() < grace):
+        executor.spin_once(timeout_sec=0.05)
+    # a lock's goal leaves active() just before rclpy sends its result: a few more turns
+    settle = min(grace, time.monotonic() + LOCK_RESULT_SETTLE_S) if locks else 0.0
+    while time.monotonic() < settle:
         executor.spin_once(timeout_sec=0.05)
     node.release(join_timeout=1.0)
     node.lock_on.destroy()
