@@ -189,3 +189,49 @@ def test_running_lock_ends_with_a_result_when_the_node_stops(launch_node, ros_cl
     ros_client.wait_for(result.done, WAIT, "result after shutdown")
     assert result.result().status == GoalStatus.STATUS_ABORTED
     assert result.result().result.message == "the grounding node stopped"
+
+
+def test_parameter_change_and_deactivate_abort_running_locks(launch_node, ros_client,
+                                                             tiny_objembed_dir: Path,
+                                                             photo: np.ndarray) -> None:
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    _start(launch_node, "abort", tiny_objembed_dir)
+    handle = NodeHandle(ros_client, ns="/abort")
+    base = "/abort/grounding_node"
+    assert handle.ground.wait_for_service(timeout_sec=WAIT)
+    client = ActionClient(ros_client.node, LockOn, f"{base}/lock_on")
+    assert client.wait_for_server(timeout_sec=WAIT)
+    rgb = np.ascontiguousarray(photo[:256, :256])
+    stamps = iter(range(STEP_NS, 1000 * STEP_NS, STEP_NS))
+    handle.publish_frame(rgb, next(stamps), BOXES)
+
+    def running_lock():
+        feedback: list[LockStatus] = []
+        sent = client.send_goal_async(LockOn.Goal(query=QUERY),
+                                      feedback_callback=lambda f: feedback.append(f))
+        ros_client.wait_for(sent.done, WAIT, "goal response")
+        while not feedback:
+            handle.publish_frame(rgb, next(stamps), BOXES)
+        return sent.result().get_result_async()
+
+    def ended(result, message: str) -> None:
+        ros_client.wait_for(result.done, WAIT, message)
+        assert result.result().status == GoalStatus.STATUS_ABORTED
+        assert result.result().result.message == message
+
+    result = running_lock()
+    set_params = ros_client.node.create_client(SetParameters, f"{base}/set_parameters")
+    value = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=4)
+    resp = ros_client.call(set_params, SetParameters.Request(
+        parameters=[Parameter(name="track_confirm_hits", value=value)]), WAIT)
+    assert resp.results[0].successful, resp.results[0].reason
+    ended(result, "tracking parameters changed")
+    result = running_lock()
+    change = ros_client.node.create_client(ChangeState, f"{base}/change_state")
+    assert ros_client.call(change, ChangeState.Request(
+        transition=Transition(id=Transition.TRANSITION_DEACTIVATE)), WAIT).success
+    ended(result, "deactivated")
