@@ -4,8 +4,9 @@ pairing (core/pairing.py), transport health per camera, and 3D attachment for re
 QoS: sensor-data defaults (best effort, keep-last 1 for images and depth), overridable at
 start through rclpy's standard QoS overriding parameters, e.g.
 `qos_overrides./camera/image.subscription.reliability: reliable` (history, depth, reliability).
-External proposals default to best effort, keep-last 10: a best-effort subscription matches
-both best-effort and reliable publishers.
+External proposals (GroundedObjectArray, and vision_msgs/Detection2DArray where vision_msgs is
+installed) default to best effort, keep-last 10: a best-effort subscription matches both
+best-effort and reliable publishers.
 
 Callbacks only validate headers and hand the newest frame to the worker (`submit`); pixel
 work happens on the worker.
@@ -28,7 +29,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from objembed_msgs.msg import GroundedObjectArray
+from objembed_msgs.msg import GroundedObject, GroundedObjectArray
 from objembed_ros.core.depth import (
     STATUS_NO_CAMERA_INFO,
     STATUS_NO_DEPTH,
@@ -40,7 +41,7 @@ from objembed_ros.core.frames import PAIR_OK, StampBuffer
 from objembed_ros.core.pairing import camera_matches, depth_status, pair_newest_image, slop_ns
 from objembed_ros.core.stats import RateMeter, TransportMeter
 from objembed_ros.grounder import CachedFrame, GroundingResult, add_positions
-from objembed_ros.ros import convert
+from objembed_ros.ros import convert, vision
 
 
 def sensor_qos(depth: int) -> QoSProfile:
@@ -130,6 +131,10 @@ class Inputs:
         if self.external_mode:
             self._subscribe(GroundedObjectArray, values["external_proposals_topic"],
                             self._on_external, sensor_qos(PROPOSALS_QOS_DEPTH))
+            if vision.available():
+                self._subscribe(vision.messages().Detection2DArray,
+                                values["external_detections_topic"],
+                                self._on_external_detections, sensor_qos(PROPOSALS_QOS_DEPTH))
 
     def _subscribe(self, msg_type: Any, topic: str, callback: Callable[[Any], None],
                    qos: QoSProfile, transport: TransportMeter | None = None) -> QoSProfile:
@@ -219,6 +224,21 @@ class Inputs:
         for cam in self.cameras.values():
             if camera_matches(declared, cam.topic):
                 self._pair_external(cam)
+
+    def _on_external_detections(self, msg: Any) -> None:
+        """vision_msgs/Detection2DArray proposals: converted, then paired exactly like
+        GroundedObjectArray ones (no camera field: they pair with any camera)."""
+        if not self.active():
+            return
+        try:
+            boxes, scores = vision.detection2d_array_to_proposals(msg)
+        except InputError as err:
+            self.reject("external_detections", "bad_boxes", str(err))
+            return
+        objects = [GroundedObject(x1=float(b[0]), y1=float(b[1]), x2=float(b[2]),
+                                  y2=float(b[3]), score=float(sc))
+                   for b, sc in zip(boxes, scores, strict=True)]
+        self._on_external(GroundedObjectArray(header=msg.header, objects=objects))
 
     def _pair_external(self, cam: Camera) -> None:
         slop = slop_ns(self.node.get_parameter("sync_slop").value)

@@ -41,7 +41,14 @@ External proposals (proposer = "external"): another detector's boxes come in as
 objembed_msgs/GroundedObjectArray on `external_proposals_topic`: x1..y2 in source-image
 pixels, `score` = the detector's confidence (kept as proposal_score), header = the header of
 the image they were found in (paired by stamp within sync_slop), and `camera` = that image
-topic (empty matches any camera).
+topic (empty matches any camera). Where vision_msgs is installed, vision_msgs/Detection2DArray
+on `external_detections_topic` is accepted too (paired the same way, with any camera).
+
+Tracking and lock-on (parameter tracking_enabled): the worker grounds the standing queries
+plus the queries of running ~/lock_on goals, tracks their objects (core/tracking.Tracking),
+publishes the standing queries' results with their track ids on ~/groundings (and
+~/detections), then advances the locks (ros/lock_on.LockOnServer). A tracking parameter
+change drops the tracks and aborts running locks; deactivate and cleanup abort them too.
 """
 from __future__ import annotations
 
@@ -68,11 +75,13 @@ from objembed_msgs.srv import FindImage, Ground, Recall, SetQueries
 from objembed_ros.core.errors import InputError
 from objembed_ros.core.frames import LatestMailbox
 from objembed_ros.core.stats import LatencyWindow, ReasonCounter, Throttle
+from objembed_ros.core.tracking import TrackedFrame, Tracking
 from objembed_ros.grounder import CachedFrame, Grounder, GroundingResult
 from objembed_ros.ros import convert, params, viz
 from objembed_ros.ros.diagnostics import node_status
 from objembed_ros.ros.inputs import Camera, FrameMeta, Inputs, Job
 from objembed_ros.ros.launcher import die_with_parent, exit_now, stop_on_signals
+from objembed_ros.ros.lock_on import LockOnServer
 from objembed_ros.ros.outputs import Outputs
 from objembed_ros.ros.recall import MemoryService, grounder_embedders
 from objembed_ros.ros.services import Services
@@ -80,6 +89,7 @@ from objembed_ros.ros.services import Services
 NODE_NAME = params.NODE_NAME
 WAIT_TICK_S = 0.05  # how often expired frame waits are answered
 SHUTDOWN_GRACE_S = 1.0  # time pending calls get to receive their "shutting down" answer
+LOCK_RESULT_SETTLE_S = 0.3  # extra spinning at shutdown for aborted locks' results to go out
 # Requests queue (reliable, deep): a burst of calls must not push earlier ones out of the
 # reader's history before the executor takes them (the default depth 10 loses the 11th).
 SERVICE_QOS = QoSProfile(depth=1000)
@@ -141,6 +151,7 @@ class GroundingNode(LifecycleNode):
         self.create_timer(float(self.get_parameter("diagnostics_period").value),
                           self._publish_diagnostics, callback_group=timers)
         self.outputs = Outputs(self)
+        self._create_tracking()
 
     # ------------------------------------------------------------------ extension point
     def add_frame_consumer(self, consumer: FrameConsumer) -> None:
@@ -150,6 +161,46 @@ class GroundingNode(LifecycleNode):
 
     def remove_frame_consumer(self, consumer: FrameConsumer) -> None:
         self._consumers = [c for c in self._consumers if c is not consumer]
+
+    # ------------------------------------------------------------------ tracking, lock-on
+    def _create_tracking(self) -> None:
+        values = params.values(self)
+        self._tracking_lock = threading.Lock()  # worker's update vs a parameter reset
+        self.tracking = Tracking(params.tracker_params(values))
+        self.lock_on = LockOnServer(
+            self, ReentrantCallbackGroup(), cameras=lambda: list(self.inputs.cameras),
+            unavailable=self._lock_unavailable,
+            default_lost_after=values["lock_lost_after"],
+            reacquire_min_cosine=values["lock_reacquire_min_cosine"],
+            max_locks=values["lock_max_goals"])
+
+    def _tracking_enabled(self) -> bool:
+        return bool(self.get_parameter("tracking_enabled").value)
+
+    def _lock_unavailable(self) -> str:
+        if not self._tracking_enabled():
+            return "tracking disabled (parameter tracking_enabled)"
+        refusal = self.refusal()
+        return refusal[1] if refusal is not None else ""
+
+    def _tracking_changed(self) -> None:
+        """Drop every track (ids stay unique) and abort the locks: they follow old tracks."""
+        values = params.values(self)
+        with self._tracking_lock:
+            self.tracking.reset(params.tracker_params(values))
+        self.lock_on.default_lost_after = float(values["lock_lost_after"])
+        self.lock_on.reacquire_min_cosine = float(values["lock_reacquire_min_cosine"])
+        self.lock_on.max_locks = int(values["lock_max_goals"])
+        self.lock_on.abort_all("tracking parameters changed")
+
+    def _track(self, camera: str, frame: CachedFrame,
+               results: list[GroundingResult]) -> TrackedFrame | None:
+        """Track this frame's results (standing + locked queries); None when disabled."""
+        if not self._tracking_enabled():
+            return None
+        with self._tracking_lock:
+            return self.tracking.update(camera, frame.stamp_ns, results,
+                                        frame.object_embeddings)
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, changed: list[Parameter]) -> SetParametersResult:
@@ -170,6 +221,8 @@ class GroundingNode(LifecycleNode):
                 self.standing = [q.strip() for q in p.value]
             elif p.name == "max_query_tokens" and self.grounder is not None:
                 self.grounder.config.max_query_tokens = int(p.value)
+        if any(p.name in params.TRACKING_PARAMETERS for p in changed):
+            self._tracking_changed()
 
     # ------------------------------------------------------------------ lifecycle
     def refusal(self) -> tuple[str, str] | None:
@@ -235,6 +288,7 @@ class GroundingNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._deactivate("node deactivated")
+        self.lock_on.abort_all("deactivated")
         self.outputs.clear_markers()
         return super().on_deactivate(state)
 
@@ -247,10 +301,13 @@ class GroundingNode(LifecycleNode):
             self.inputs.clear_pending()
             if self.grounder is not None:
                 self.grounder.frames.clear()
+            with self._tracking_lock:
+                self.tracking.reset()  # frames after a pause start fresh tracks
         self.handlers.abort_all(why)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.handlers.abort_all("node cleaned up")
+        self.lock_on.abort_all("deactivated")
         self.release()
         self.state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
@@ -263,6 +320,7 @@ class GroundingNode(LifecycleNode):
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.handlers.abort_all("node error")
+        self.lock_on.abort_all("node error")
         self.release()
         self.state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
@@ -271,6 +329,7 @@ class GroundingNode(LifecycleNode):
         """Refuse new calls and answer every pending one "shutting down"."""
         self.closing = True
         self._deactivate("shutting down")
+        self.lock_on.close()  # aborts running locks; the executor must spin to send results
 
     def release(self, join_timeout: float = 30.0) -> None:
         """Stop the worker, drop topics, free the model (and CUDA cache)."""
@@ -391,13 +450,19 @@ class GroundingNode(LifecycleNode):
         self.encode_latency.add(model_s)
         cam.rate_encoded.tick()
         results = self._ground_standing(grounder, frame)
+        tracked = self._track(cam.topic, frame, results)
+        if tracked is not None:  # the locked-only queries are not published
+            results = [r for r in tracked.results if r.query in self.standing]
         arrays = [convert.result_to_msg(r, msg.header) for r in results]
         self.outputs.publish_groundings(arrays)
+        self.outputs.publish_detections(arrays, msg.header, cam.has_depth_topic)
         t_pub = time.monotonic()
         if arrays:
             total = t_pub - received
             self.frame_latency.add(total)
             self.overhead_latency.add(max(total - model_s, 0.0))
+        if tracked is not None:
+            self.lock_on.on_frame(msg.header, tracked)
         self.outputs.publish_visuals(frame, arrays)
         self._call_consumers(frame, results, msg.header, cam.topic)
         if self.outputs.wants_timings():
@@ -408,17 +473,24 @@ class GroundingNode(LifecycleNode):
             self.outputs.publish_timings(msg.header, cam.topic, stages)
 
     def _ground_standing(self, grounder: Grounder, frame: CachedFrame) -> list[GroundingResult]:
-        queries = list(self.standing)
-        if not queries:
-            return []
-        try:
-            results = grounder.ground(queries, frame,
-                                      top_k=int(self.get_parameter("top_k").value),
-                                      min_score=float(self.get_parameter("min_score").value),
-                                      with_image_score=True)
-        except InputError as err:  # e.g. a standing query over the token limit
-            self.reject("standing_queries", "bad_query", str(err))
-            return []
+        """The standing queries' results, plus those of queries locked on this camera when
+        tracking is on (each query once; a locked query the grounder refuses, e.g. over the
+        token limit, never costs the standing queries their results)."""
+        standing = list(self.standing)
+        locked: list[str] = []
+        if self._tracking_enabled():
+            locked = [q for q in self.lock_on.queries(frame.meta.camera) if q not in standing]
+        results: list[GroundingResult] = []
+        for where, queries in (("standing_queries", standing), ("lock_on", locked)):
+            if not queries:
+                continue
+            try:
+                results += grounder.ground(
+                    queries, frame, top_k=int(self.get_parameter("top_k").value),
+                    min_score=float(self.get_parameter("min_score").value),
+                    with_image_score=True)
+            except InputError as err:  # e.g. a query over the token limit
+                self.reject(where, "bad_query", str(err))
         return [self.inputs.with_positions(r, frame) for r in results]
 
     def _call_consumers(self, frame: CachedFrame, results: list[GroundingResult],
@@ -465,11 +537,18 @@ def main(args: list[str] | None = None) -> None:
         except Exception as exc:  # a failing callback is logged, the node keeps running
             node.get_logger().error(f"callback failed: {type(exc).__name__}: {exc}")
     node.get_logger().info("shutting down")
+    locks = node.lock_on.active()
     node.begin_shutdown()
     grace = time.monotonic() + SHUTDOWN_GRACE_S
-    while node.handlers.calls_in_flight and time.monotonic() < grace:
+    while ((node.handlers.calls_in_flight or node.lock_on.active())
+           and time.monotonic() < grace):
+        executor.spin_once(timeout_sec=0.05)
+    # a lock's goal leaves active() just before rclpy sends its result: a few more turns
+    settle = min(grace, time.monotonic() + LOCK_RESULT_SETTLE_S) if locks else 0.0
+    while time.monotonic() < settle:
         executor.spin_once(timeout_sec=0.05)
     node.release(join_timeout=1.0)
+    node.lock_on.destroy()
     node.handlers.pool.shutdown(wait=False, cancel_futures=True)
     executor.shutdown(timeout_sec=0.5)
     node.destroy_node()

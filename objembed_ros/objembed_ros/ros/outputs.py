@@ -13,7 +13,7 @@ from visualization_msgs.msg import MarkerArray
 
 from objembed_msgs.msg import GroundedObjectArray
 from objembed_ros.grounder import CachedFrame
-from objembed_ros.ros import convert, viz
+from objembed_ros.ros import convert, vision, viz
 
 
 class Outputs:
@@ -25,6 +25,9 @@ class Outputs:
         self.markers: Any = None
         self.debug: Any = None
         self.timings: Any = None
+        self.detections: Any = None  # vision_msgs outputs, where vision_msgs is installed
+        self.detections_3d: Any = None
+        self._vision_logged = False
 
     def create(self) -> None:
         node = self.node
@@ -33,12 +36,43 @@ class Outputs:
         self.debug = node.create_lifecycle_publisher(Image, "~/debug_image", 1)
         # per-frame stage timings, header = source image header (for benches and profiling)
         self.timings = node.create_lifecycle_publisher(DiagnosticArray, "~/timings", 10)
+        self._create_detections()
 
     def destroy(self) -> None:
         for pub in (self.groundings, self.markers, self.debug, self.timings):
             if pub is not None:
                 self.node.destroy_lifecycle_publisher(pub)
         self.groundings = self.markers = self.debug = self.timings = None
+        for pub in (self.detections, self.detections_3d):
+            if pub is not None:
+                self.node.destroy_lifecycle_publisher(pub)
+        self.detections = self.detections_3d = None
+
+    def _create_detections(self) -> None:
+        """~/detections and ~/detections_3d where vision_msgs imports; else one log line."""
+        if not vision.available():
+            if not self._vision_logged:
+                self.node.get_logger().info(vision.unavailable_reason())
+                self._vision_logged = True
+            return
+        vm = vision.messages()
+        self.detections = self.node.create_lifecycle_publisher(vm.Detection2DArray,
+                                                               "~/detections", 10)
+        self.detections_3d = self.node.create_lifecycle_publisher(vm.Detection3DArray,
+                                                                  "~/detections_3d", 10)
+
+    def publish_detections(self, arrays: list[GroundedObjectArray], header: Header,
+                           has_depth: bool) -> None:
+        """One frame's standing-query groundings as Detection2DArray (and Detection3DArray
+        when the camera has depth); converted only while someone subscribes."""
+        if not arrays:
+            return
+        pub = self.detections
+        if pub is not None and pub.get_subscription_count() > 0:
+            pub.publish(vision.to_detection2d_array(arrays, header))
+        pub = self.detections_3d
+        if has_depth and pub is not None and pub.get_subscription_count() > 0:
+            pub.publish(vision.to_detection3d_array(arrays, header))
 
     def clear_markers(self) -> None:
         if self.markers is not None:

@@ -21,6 +21,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from objembed_ros.accel.backends import BACKENDS
+from objembed_ros.core.tracking import TrackerParams
 from objembed_ros.grounder import DTYPES, PROPOSERS, GrounderConfig
 from objembed_ros.ros import recall
 
@@ -89,6 +90,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param("external_proposals_topic", "external_proposals", ParameterType.PARAMETER_STRING,
            "objembed_msgs/GroundedObjectArray of another detector's boxes (proposer "
            "'external'), paired to images by header stamp.", read_only=True),
+    Param("external_detections_topic", "external_detections", ParameterType.PARAMETER_STRING,
+           "vision_msgs/Detection2DArray of another detector's boxes (proposer 'external', "
+           "where vision_msgs is installed), paired to images by header stamp like "
+           "external_proposals_topic.", read_only=True),
     Param("standing_queries", [], ParameterType.PARAMETER_STRING_ARRAY,
            "Queries grounded on every encoded frame and published on ~/groundings (one "
            "GroundedObjectArray per query). Also set by ~/set_queries."),
@@ -96,6 +101,38 @@ PARAMETERS: tuple[Param, ...] = (
            "Objects kept per standing query; 0 keeps all.", int_range=(0, 1000)),
     Param("min_score", 0.0, ParameterType.PARAMETER_DOUBLE,
            "Standing-query objects scoring below this are dropped.", float_range=(0.0, 1.0)),
+    # tracking and lock-on (core/tracking.py, ros/lock_on.py); a change resets the tracks
+    # and aborts running locks
+    Param("tracking_enabled", True, ParameterType.PARAMETER_BOOL,
+           "Track standing (and locked) queries' objects across frames: track_id on "
+           "~/groundings and ~/detections, and the ~/lock_on action."),
+    Param("track_confirm_hits", 3, ParameterType.PARAMETER_INTEGER,
+           "Matched frames before a track is confirmed and its id published.",
+           int_range=(1, 100)),
+    Param("track_max_coast", 15, ParameterType.PARAMETER_INTEGER,
+           "Frames a confirmed track stays unmatched (coasting) before it is deleted.",
+           int_range=(0, 1000)),
+    Param("track_min_iou", 0.3, ParameterType.PARAMETER_DOUBLE,
+           "Least IoU of a track's predicted box with a detection to match it.",
+           float_range=(0.0, 1.0)),
+    Param("track_min_cosine", 0.3, ParameterType.PARAMETER_DOUBLE,
+           "Least ObjEmbed embedding cosine of a track with a detection to match it.",
+           float_range=(-1.0, 1.0)),
+    Param("track_reid_min_cosine", 0.8, ParameterType.PARAMETER_DOUBLE,
+           "A coasting track matches a detection it does not overlap when the cosine is at "
+           "least this (re-identification after occlusion); > 1 disables it.",
+           float_range=(-1.0, 2.0)),
+    Param("track_iou_weight", 0.5, ParameterType.PARAMETER_DOUBLE,
+           "Weight of IoU against embedding cosine in the association affinity.",
+           float_range=(0.0, 1.0)),
+    Param("lock_lost_after", 2.0, ParameterType.PARAMETER_DOUBLE,
+           "Seconds (header stamps) a locked target may stay unseen before the lock is LOST, "
+           "when the LockOn goal gives lost_after 0.", float_range=(0.01, 3600.0)),
+    Param("lock_reacquire_min_cosine", 0.8, ParameterType.PARAMETER_DOUBLE,
+           "Least cosine of a new track with a lost target's appearance to take it over; > 1 "
+           "disables re-acquisition by appearance.", float_range=(-1.0, 2.0)),
+    Param("lock_max_goals", 16, ParameterType.PARAMETER_INTEGER,
+           "Most ~/lock_on goals running at once.", int_range=(1, 64)),
     Param("sync_slop", 0.02, ParameterType.PARAMETER_DOUBLE,
            "Seconds: depth / external proposals pair with a colour frame when their stamps "
            "differ by at most this.", float_range=(0.0, 1.0)),
@@ -223,3 +260,19 @@ def grounder_config(v: dict[str, Any]) -> GrounderConfig:
              "max_query_tokens", "projector_backend", "engine_cache_dir",
              "allow_engine_build", "text_cuda_graphs")
     return GrounderConfig(**{n: v[n] for n in names})
+
+
+# Parameters whose change resets the tracks and aborts running locks.
+TRACKING_PARAMETERS = (
+    "tracking_enabled", "track_confirm_hits", "track_max_coast", "track_min_iou",
+    "track_min_cosine", "track_reid_min_cosine", "track_iou_weight", "lock_lost_after",
+    "lock_reacquire_min_cosine", "lock_max_goals",
+)
+
+
+def tracker_params(v: dict[str, Any]) -> TrackerParams:
+    """The tracker's association parameters from the node's track_* parameters."""
+    return TrackerParams(confirm_hits=v["track_confirm_hits"], max_coast=v["track_max_coast"],
+                         min_iou=v["track_min_iou"], min_cosine=v["track_min_cosine"],
+                         reid_min_cosine=v["track_reid_min_cosine"],
+                         iou_weight=v["track_iou_weight"])
