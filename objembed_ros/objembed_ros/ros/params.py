@@ -22,6 +22,7 @@ from rclpy.parameter import Parameter
 
 from objembed_ros.accel.backends import BACKENDS
 from objembed_ros.core.tracking import TrackerParams
+from objembed_ros.encoder.preprocess import PREPROCESS_CHOICES
 from objembed_ros.grounder import DTYPES, PROPOSERS, GrounderConfig
 from objembed_ros.ros import recall
 
@@ -31,7 +32,7 @@ DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 # Parameters read only at on_configure: changing them needs cleanup + configure.
 APPLIED_ON_CONFIGURE = (
     "checkpoint", "proposer", "wedetect_checkpoint", "num_proposals", "device", "dtype",
-    "attn", "max_boxes", "frame_cache_size", "text_cache_size",
+    "attn", "max_boxes", "frame_cache_size", "text_cache_size", "preprocess",
 )
 
 
@@ -76,6 +77,11 @@ PARAMETERS: tuple[Param, ...] = (
            "resolution; false: such a frame fails with the build command to run. On configure."),
     Param("text_cuda_graphs", False, ParameterType.PARAMETER_BOOL,
            "CUDA only: replay captured CUDA graphs for the text pass. On configure."),
+    Param("preprocess", "auto", ParameterType.PARAMETER_STRING,
+          "Frame preprocessing: 'exact' = PIL on the host, bit-for-bit the official pixels; "
+          "'device' = one uint8 upload, resize/normalise/patchify and the WeDetect letterbox "
+          "on the model's device (differences measured in the README); 'auto' = device on "
+          "CUDA, exact otherwise. Applied on configure."),
     Param("max_boxes", 300, ParameterType.PARAMETER_INTEGER,
            "Most boxes one image pass may score (proposals, external or supplied boxes).",
            int_range=(1, 2000)),
@@ -204,6 +210,8 @@ def validate_settings(values: dict[str, Any]) -> str | None:
         (values["proposer"] in PROPOSERS, f"proposer must be one of {PROPOSERS}"),
         (values["dtype"] in DTYPES, f"dtype must be one of {DTYPES}"),
         (values["attn"] in ATTN, f"attn must be one of {ATTN}"),
+        (values["preprocess"] in PREPROCESS_CHOICES,
+         f"preprocess must be one of {PREPROCESS_CHOICES}"),
         (values["projector_backend"] in BACKENDS,
          f"projector_backend must be one of {BACKENDS}"),
         (bool(DEVICE_RE.match(values["device"])), "device must be cpu, cuda or cuda:N"),
@@ -258,7 +266,7 @@ def grounder_config(v: dict[str, Any]) -> GrounderConfig:
     names = ("checkpoint", "proposer", "wedetect_checkpoint", "num_proposals", "device",
              "dtype", "attn", "max_boxes", "text_cache_size", "frame_cache_size",
              "max_query_tokens", "projector_backend", "engine_cache_dir",
-             "allow_engine_build", "text_cuda_graphs")
+             "allow_engine_build", "text_cuda_graphs", "preprocess")
     return GrounderConfig(**{n: v[n] for n in names})
 
 
