@@ -68,7 +68,6 @@ from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
-from visualization_msgs.msg import MarkerArray
 
 from objembed_msgs.msg import GroundedObjectArray, MemoryEntry
 from objembed_msgs.srv import FindImage, Ground, Recall, SetQueries
@@ -77,13 +76,14 @@ from objembed_ros.core.frames import LatestMailbox
 from objembed_ros.core.stats import LatencyWindow, ReasonCounter, Throttle
 from objembed_ros.core.tracking import TrackedFrame, Tracking
 from objembed_ros.grounder import CachedFrame, Grounder, GroundingResult
-from objembed_ros.ros import convert, params, viz
+from objembed_ros.ros import convert, params
 from objembed_ros.ros.diagnostics import node_status
 from objembed_ros.ros.inputs import Camera, FrameMeta, Inputs, Job
 from objembed_ros.ros.launcher import die_with_parent, exit_now, stop_on_signals
 from objembed_ros.ros.lock_on import LockOnServer
+from objembed_ros.ros.node_memory import NodeMemory
 from objembed_ros.ros.outputs import Outputs
-from objembed_ros.ros.recall import MemoryService, grounder_embedders
+from objembed_ros.ros.recall import MemoryService
 from objembed_ros.ros.services import Services
 
 NODE_NAME = params.NODE_NAME
@@ -117,8 +117,7 @@ class GroundingNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._consumers: list[FrameConsumer] = []
-        self.memory: MemoryService | None = None  # object memory (configure, memory_enabled)
-        self._recall_markers: Any = None
+        self.object_memory = NodeMemory(self)  # opened on configure (memory_enabled)
         self.standing: list[str] = [q.strip() for q in params.value(self, "standing_queries")]
 
         self.rejected = ReasonCounter()  # bad inputs by reason
@@ -260,7 +259,7 @@ class GroundingNode(LifecycleNode):
             self.outputs.destroy()
             grounder.close()
             return self._configure_failed(f"cannot create topics: {type(exc).__name__}: {exc}")
-        why = self._open_memory(values, grounder)
+        why = self.object_memory.open(values, grounder)
         if why is not None:
             self.inputs.destroy()
             self.outputs.destroy()
@@ -339,60 +338,12 @@ class GroundingNode(LifecycleNode):
         if self._worker is not None:
             self._worker.join(timeout=join_timeout)
             self._worker = None
-        self._close_memory()
+        self.object_memory.close()
         self.inputs.destroy()
         self.outputs.destroy()
         grounder, self.grounder = self.grounder, None
         if grounder is not None:
             grounder.close()
-
-    # ------------------------------------------------------------------ object memory
-    def _open_memory(self, values: dict[str, Any], grounder: Grounder) -> str | None:
-        """With memory_enabled: load the memory (memory_path), listen to /tf (fixed_frame),
-        feed it every encoded frame and create ~/recall_markers. The reason on failure."""
-        if not values["memory_enabled"]:
-            return None
-        try:
-            self.memory = MemoryService.open(
-                self, values, tf_callback_group=MutuallyExclusiveCallbackGroup(),
-                **grounder_embedders(
-                    grounder, lambda: float(self.get_parameter("default_timeout").value)))
-            self._recall_markers = self.create_lifecycle_publisher(
-                MarkerArray, "~/recall_markers", 10)
-        except Exception as exc:  # e.g. an unwritable memory_path: configure fails, node lives
-            self._close_memory()
-            return f"cannot open the object memory: {type(exc).__name__}: {exc}"
-        self.add_frame_consumer(self._remember)
-        return None
-
-    def _remember(self, frame: CachedFrame, results: list[GroundingResult], header: Header,
-                  camera: str) -> None:
-        """Frame consumer: offer the frame, with its paired depth and intrinsics, to the
-        memory (returns at once; the memory thread does the rest)."""
-        memory = self.memory
-        if memory is None:
-            return
-        meta: FrameMeta = frame.meta
-        if self.inputs.paired_depth(frame):
-            memory.on_frame(frame, results, header, meta.depth_m, meta.intrinsics)
-        else:
-            memory.on_frame(frame, results, header)
-
-    def publish_recall_markers(self, entries: list[MemoryEntry]) -> None:
-        """Markers of one ~/recall answer; they stay until the next answer replaces them."""
-        memory, pub = self.memory, self._recall_markers
-        if memory is not None and pub is not None:
-            pub.publish(viz.memory_markers(entries, memory.fixed_frame, 0.0))
-
-    def _close_memory(self) -> None:
-        """Stop feeding the memory, flush its store (cleanup, shutdown)."""
-        self.remove_frame_consumer(self._remember)
-        memory, self.memory = self.memory, None
-        if memory is not None:
-            memory.close()
-        pub, self._recall_markers = self._recall_markers, None
-        if pub is not None:
-            self.destroy_lifecycle_publisher(pub)
 
     def autostart(self) -> None:
         """configure + activate, as a lifecycle manager would (param `autostart`)."""
@@ -504,6 +455,14 @@ class GroundingNode(LifecycleNode):
                 if self._throttle.ready(f"consumer:{name}"):
                     self.get_logger().error(f"frame consumer {name} failed: "
                                             f"{type(exc).__name__}: {exc}")
+
+    @property
+    def memory(self) -> MemoryService | None:
+        """The open object memory (ros/recall.py), None when disabled or closed."""
+        return self.object_memory.service
+
+    def publish_recall_markers(self, entries: list[MemoryEntry]) -> None:
+        self.object_memory.publish_markers(entries)
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> DiagnosticStatus:
