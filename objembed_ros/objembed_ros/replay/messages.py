@@ -23,7 +23,8 @@ import numpy as np
 
 from objembed_ros.core import overlay
 from objembed_ros.core.depth import Intrinsics, depth_to_metres
-from objembed_ros.core.errors import InputError
+from objembed_ros.core.frames import stamp_to_ns
+from objembed_ros.core.image_msg import ImageConversionError, image_to_depth, image_to_rgb
 from objembed_ros.core.results import QUERY_IMAGE, GroundedBox, GroundingResult
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -33,14 +34,6 @@ GROUNDED_OBJECT_ARRAY = "objembed_msgs/msg/GroundedObjectArray"
 MARKER_ARRAY = "visualization_msgs/msg/MarkerArray"
 COLOUR_TYPES = (IMAGE, COMPRESSED_IMAGE)
 
-# encoding -> (channels, channel order to take for RGB; None = as stored)
-COLOUR_ENCODINGS: dict[str, tuple[int, tuple[int, ...] | None]] = {
-    "rgb8": (3, None), "bgr8": (3, (2, 1, 0)), "rgba8": (4, (0, 1, 2)),
-    "bgra8": (4, (2, 1, 0)), "mono8": (1, None),
-}
-DEPTH_ENCODINGS: dict[str, np.dtype] = {
-    "16UC1": np.dtype(np.uint16), "mono16": np.dtype(np.uint16), "32FC1": np.dtype(np.float32),
-}
 # Field defaults the .msg files declare (rosbags' field definitions drop them).
 MSG_DEFAULTS: dict[str, dict[str, Any]] = {
     "geometry_msgs/msg/Quaternion": {"w": 1.0},
@@ -52,13 +45,9 @@ MIN_MARKER_SIZE = 0.01
 TEXT_HEIGHT = 0.06
 
 
-class ImageDecodeError(InputError):
-    """An image message replay cannot use; `reason` is a short code for the report
-    (bad_encoding, bad_size, wrong_step, truncated_data, data_size_mismatch, bad_compressed)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+# An image message replay cannot use; `reason` is a short code for the report (the node's
+# codes from core/image_msg.py, plus bad_compressed).
+ImageDecodeError = ImageConversionError
 
 
 # -- types ----------------------------------------------------------------------------------
@@ -222,25 +211,6 @@ def _numpy_dtype(name: str) -> np.dtype:
 
 
 # -- decoding -------------------------------------------------------------------------------
-def _check_layout(msg: Any, bytes_per_pixel: int) -> None:
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise ImageDecodeError("bad_size", f"image is {w}x{h}: width and height must be > 0")
-    if step < w * bytes_per_pixel:
-        raise ImageDecodeError("wrong_step", f"step {step} < width {w} * {bytes_per_pixel} "
-                                             f"bytes per pixel ({msg.encoding})")
-    need, have = step * h, len(msg.data)
-    if have != need:
-        reason = "truncated_data" if have < need else "data_size_mismatch"
-        raise ImageDecodeError(reason, f"data has {have} bytes, step {step} x height {h} "
-                                       f"is {need}")
-
-
-def _rows(msg: Any, row_bytes: int) -> np.ndarray:
-    buf = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
-    return buf.reshape(int(msg.height), int(msg.step))[:, :row_bytes]
-
-
 def colour_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/Image or CompressedImage -> HxWx3 uint8 RGB (ImageDecodeError if not)."""
     if hasattr(msg, "format"):  # CompressedImage
@@ -252,32 +222,16 @@ def colour_to_rgb(msg: Any) -> np.ndarray:
         except (OSError, ValueError) as exc:
             raise ImageDecodeError("bad_compressed", f"cannot decode CompressedImage (format "
                                                      f"{msg.format!r}): {exc}") from exc
-    spec = COLOUR_ENCODINGS.get(msg.encoding)
-    if spec is None:
-        raise ImageDecodeError("bad_encoding", f"unsupported encoding {msg.encoding!r}; "
-                                               f"expected one of {', '.join(COLOUR_ENCODINGS)}")
-    channels, order = spec
-    _check_layout(msg, channels)
-    h, w = int(msg.height), int(msg.width)
-    pix = _rows(msg, w * channels).reshape(h, w, channels)
-    if channels == 1:
-        return np.ascontiguousarray(np.broadcast_to(pix, (h, w, 3)))
-    return np.ascontiguousarray(pix if order is None else pix[..., list(order)])
+    return image_to_rgb(msg)
 
 
 def depth_to_m(msg: Any) -> np.ndarray:
     """16UC1/mono16 (mm) or 32FC1 (m) sensor_msgs/Image -> (H, W) float32 metres, NaN where
     there is no depth (core.depth.depth_to_metres)."""
-    dtype = DEPTH_ENCODINGS.get(getattr(msg, "encoding", None))
-    if dtype is None:
-        raise ImageDecodeError("bad_encoding", f"unsupported depth encoding "
-                                               f"{getattr(msg, 'encoding', msg.__msgtype__)!r}; "
-                                               "expected 16UC1 (mm) or 32FC1 (m)")
-    _check_layout(msg, dtype.itemsize)
-    h, w = int(msg.height), int(msg.width)
-    rows = np.ascontiguousarray(_rows(msg, w * dtype.itemsize))
-    raw = rows.view(dtype.newbyteorder(">" if msg.is_bigendian else "<")).reshape(h, w)
-    return depth_to_metres(raw.astype(dtype, copy=False))
+    if not hasattr(msg, "encoding"):  # e.g. a CompressedImage on a depth topic
+        raise ImageDecodeError("bad_encoding", f"unsupported depth message {msg.__msgtype__}; "
+                                               "expected sensor_msgs/Image 16UC1 or 32FC1")
+    return depth_to_metres(image_to_depth(msg))
 
 
 def camera_info_intrinsics(msg: Any) -> Intrinsics | None:
@@ -287,7 +241,7 @@ def camera_info_intrinsics(msg: Any) -> Intrinsics | None:
 
 
 def stamp_ns(header: Any) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+    return stamp_to_ns(header.stamp.sec, header.stamp.nanosec)
 
 
 def render_overlay(rgb: np.ndarray, arrays: Sequence[Any], max_per_query: int) -> np.ndarray:

@@ -1,9 +1,7 @@
 """ROS messages <-> numpy and core types. No model math lives here.
 
-Images: sensor_msgs/Image in rgb8, bgr8, rgba8, bgra8 or mono8 -> HxWx3 uint8 RGB; 16UC1
-(millimetres) or 32FC1 (metres) depth -> HxW array. `step` (row padding) and `is_bigendian`
-are honoured. Every problem raises ImageConversionError (an InputError) with a short
-`reason` code the node counts in diagnostics, like cv_bridge's single CvBridgeError.
+Image decoding (check_image, image_to_rgb, image_to_depth, ImageConversionError) is
+core/image_msg.py, shared with objembed-replay; it is re-exported here under the same names.
 """
 from __future__ import annotations
 
@@ -19,102 +17,20 @@ from objembed_msgs.msg import FrameMatch, GroundedObject, GroundedObjectArray
 from objembed_ros.core.depth import Intrinsics
 from objembed_ros.core.errors import InputError
 from objembed_ros.core.frames import stamp_to_ns
+from objembed_ros.core.image_msg import (  # noqa: F401  the node's names for the decoders
+    COLOUR_ENCODINGS,
+    DEPTH_ENCODINGS,
+    ImageConversionError,
+    check_image,
+    image_to_depth,
+    image_to_rgb,
+)
 from objembed_ros.core.results import (
     QUERY_IMAGE,
     FrameMatchResult,
     GroundedBox,
     GroundingResult,
 )
-
-# encoding -> (channels, dtype, channel order to take for RGB)
-COLOUR_ENCODINGS: dict[str, tuple[int, tuple[int, ...] | None]] = {
-    "rgb8": (3, None),
-    "bgr8": (3, (2, 1, 0)),
-    "rgba8": (4, (0, 1, 2)),
-    "bgra8": (4, (2, 1, 0)),
-    "mono8": (1, None),
-}
-DEPTH_ENCODINGS: dict[str, np.dtype] = {
-    "16UC1": np.dtype(np.uint16),
-    "mono16": np.dtype(np.uint16),
-    "32FC1": np.dtype(np.float32),
-}
-
-
-class ImageConversionError(InputError):
-    """A sensor_msgs/Image the node cannot use. `reason` is a short code for diagnostics:
-    bad_encoding, bad_size, wrong_step, truncated_data, data_size_mismatch."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def _check_layout(msg: Image, bytes_per_pixel: int) -> None:
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise ImageConversionError("bad_size", f"image is {w}x{h}: width and height must be > 0")
-    if step < w * bytes_per_pixel:
-        raise ImageConversionError(
-            "wrong_step", f"step {step} < width {w} * {bytes_per_pixel} bytes per pixel "
-            f"({msg.encoding})")
-    need = step * h
-    have = len(msg.data)
-    if have < need:
-        raise ImageConversionError(
-            "truncated_data", f"data has {have} bytes, step {step} x height {h} needs {need}")
-    if have > need:
-        raise ImageConversionError(
-            "data_size_mismatch", f"data has {have} bytes, step {step} x height {h} is {need}")
-
-
-def check_image(msg: Image) -> None:
-    """Cheap header-only validation (no pixel work) of a colour image; raises on problems.
-
-    The subscription callback runs this so bad frames are counted at once; the worker does
-    the pixel conversion.
-    """
-    spec = COLOUR_ENCODINGS.get(msg.encoding)
-    if spec is None:
-        raise ImageConversionError(
-            "bad_encoding", f"unsupported encoding {msg.encoding!r}; expected one of "
-            f"{', '.join(COLOUR_ENCODINGS)}")
-    _check_layout(msg, spec[0])
-
-
-def _rows(msg: Image, row_bytes: int) -> np.ndarray:
-    """(H, row_bytes) uint8 view without the row padding (no copy)."""
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    return buf.reshape(int(msg.height), int(msg.step))[:, :row_bytes]
-
-
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image -> (H, W, 3) uint8 RGB, C-contiguous, owning its memory only when a
-    conversion was needed (rgb8 without padding is a view of the message buffer)."""
-    check_image(msg)
-    channels, order = COLOUR_ENCODINGS[msg.encoding]
-    h, w = int(msg.height), int(msg.width)
-    pix = _rows(msg, w * channels).reshape(h, w, channels)
-    if channels == 1:
-        return np.ascontiguousarray(np.broadcast_to(pix, (h, w, 3)))
-    if order is not None:
-        pix = pix[..., list(order)]
-    return np.ascontiguousarray(pix)
-
-
-def image_to_depth(msg: Image) -> np.ndarray:
-    """16UC1 / mono16 (millimetres, uint16) or 32FC1 (metres, float32) -> (H, W) native-order
-    array. Byte order follows is_bigendian."""
-    dtype = DEPTH_ENCODINGS.get(msg.encoding)
-    if dtype is None:
-        raise ImageConversionError(
-            "bad_encoding", f"unsupported depth encoding {msg.encoding!r}; expected 16UC1 "
-            "(millimetres) or 32FC1 (metres)")
-    _check_layout(msg, dtype.itemsize)
-    h, w = int(msg.height), int(msg.width)
-    rows = _rows(msg, w * dtype.itemsize)
-    src = dtype.newbyteorder(">" if msg.is_bigendian else "<")
-    return np.ascontiguousarray(rows).view(src).reshape(h, w).astype(dtype, copy=False)
 
 
 def rgb_to_image(rgb: np.ndarray, header: Header | None = None,
