@@ -13,6 +13,7 @@ Conventions (the same as GroundedObject.msg):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,13 @@ class Intrinsics:
         # centre-of-pixel convention: u' + 0.5 = (u + 0.5) * s
         return Intrinsics(self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5,
                           (self.cy + 0.5) * sy - 0.5, width, height)
+
+
+def camera_info_intrinsics(msg: Any) -> Intrinsics | None:
+    """sensor_msgs/CameraInfo (rclpy's class or a bag reader's: only k, width and height are
+    read) -> Intrinsics for (width, height); None when K is unset (zeros)."""
+    k = Intrinsics.from_k(np.asarray(msg.k, dtype=np.float64), int(msg.width), int(msg.height))
+    return k if k.valid() else None
 
 
 @dataclass(frozen=True)

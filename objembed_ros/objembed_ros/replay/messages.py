@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from objembed_ros.core import overlay
-from objembed_ros.core.depth import Intrinsics, depth_to_metres
+from objembed_ros.core.depth import camera_info_intrinsics, depth_to_metres  # noqa: F401
 from objembed_ros.core.frames import stamp_to_ns
 from objembed_ros.core.image_msg import ImageConversionError, image_to_depth, image_to_rgb
 from objembed_ros.core.results import QUERY_IMAGE, GroundedBox, GroundingResult
@@ -232,12 +232,6 @@ def depth_to_m(msg: Any) -> np.ndarray:
         raise ImageDecodeError("bad_encoding", f"unsupported depth message {msg.__msgtype__}; "
                                                "expected sensor_msgs/Image 16UC1 or 32FC1")
     return depth_to_metres(image_to_depth(msg))
-
-
-def camera_info_intrinsics(msg: Any) -> Intrinsics | None:
-    """CameraInfo.k -> Intrinsics for (width, height); None when K is unset."""
-    k = Intrinsics.from_k(np.asarray(msg.k, np.float64), int(msg.width), int(msg.height))
-    return k if k.valid() else None
 
 
 def stamp_ns(header: Any) -> int:

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 
 import numpy as np
 from geometry_msgs.msg import Point, Vector3
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from objembed_msgs.msg import FrameMatch, GroundedObject, GroundedObjectArray
-from objembed_ros.core.depth import Intrinsics
+from objembed_ros.core.depth import camera_info_intrinsics as camera_info_to_intrinsics  # noqa: F401
 from objembed_ros.core.errors import InputError
 from objembed_ros.core.frames import stamp_to_ns
 from objembed_ros.core.image_msg import (  # noqa: F401  the node's names for the decoders
@@ -73,12 +73,6 @@ def depth_to_image(depth: np.ndarray, header: Header | None = None) -> Image:
 
 def header_stamp_ns(header: Header) -> int:
     return stamp_to_ns(header.stamp.sec, header.stamp.nanosec)
-
-
-def camera_info_to_intrinsics(msg: CameraInfo) -> Intrinsics | None:
-    """CameraInfo.k -> Intrinsics for (msg.width, msg.height); None when K is unset (zeros)."""
-    k = Intrinsics.from_k(np.asarray(msg.k, dtype=np.float64), int(msg.width), int(msg.height))
-    return k if k.valid() else None
 
 
 def boxes_from_flat(values: Sequence[float], max_boxes: int) -> np.ndarray | None:
