@@ -96,6 +96,10 @@ def test_image_score_is_the_spec_image_retrieval(grounder: Grounder, small_photo
     # the coarse <global> (first), not the detailed one: the two differ by over 5 % here
     other = _image_score64(t_global, frame.global_embeddings[1:2], scalars)[:, 0]
     assert np.abs(other / expected - 1).max() > 0.05
+    # supplied boxes: the same whole-frame match of the cached frame, none when not asked for
+    boxes = grounder.ground_boxes(queries, frame, BOXES[:1], with_image_score=True)
+    np.testing.assert_allclose([r.image_score for r in boxes], expected, rtol=1e-4, atol=0)
+    assert all(math.isnan(r.image_score) for r in grounder.ground_boxes(queries, frame, BOXES[:1]))
 
 
 def test_top_k_min_score_and_supplied_boxes(grounder: Grounder, small_photo: np.ndarray) -> None:

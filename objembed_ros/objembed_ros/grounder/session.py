@@ -253,25 +253,34 @@ class Grounder:
         _check_min_score(min_score)
         queries = self.check_queries(texts)
         text = self.text_embeddings(queries, TARGET_OBJECT, deadline)
-        image = None
-        if with_image_score and frame.global_embeddings.size:
-            image_text = self.text_embeddings(queries, TARGET_IMAGE, deadline)
-            image = self.image_match(image_text, frame.global_embeddings[:1])[:, 0]
+        image = self._frame_match(queries, frame, deadline) if with_image_score else None
         return self._score(queries, text, frame, top_k, min_score, image, proposal_index=True)
 
     def ground_boxes(self, texts: Sequence[str], frame: CachedFrame, boxes: np.ndarray,
-                     top_k: int = 0, min_score: float = 0.0,
-                     deadline: float | None = None) -> list[GroundingResult]:
+                     top_k: int = 0, min_score: float = 0.0, deadline: float | None = None,
+                     with_image_score: bool = False) -> list[GroundingResult]:
         """Score caller-supplied boxes: one image pass (a request pass) on the cached
-        frame's pixels; the objects carry proposal_index -1."""
+        frame's pixels; the objects carry proposal_index -1. with_image_score: as ground()
+        (the whole-frame match of the cached frame)."""
         _check_min_score(min_score)
         queries = self.check_queries(texts)
         props = self.supplied.propose(frame.rgb, boxes)
         text = self.text_embeddings(queries, TARGET_OBJECT, deadline)
+        image = self._frame_match(queries, frame, deadline) if with_image_score else None
         with self._pass("image pass", request=True, deadline=deadline) as encoder:
             encoded = encoder.encode_image(frame.rgb, props.boxes)
         supplied = replace(frame, timings={}, **_encoded_parts(encoded, props))
-        return self._score(queries, text, supplied, top_k, min_score, None, proposal_index=False)
+        return self._score(queries, text, supplied, top_k, min_score, image,
+                           proposal_index=False)
+
+    def _frame_match(self, queries: list[str], frame: CachedFrame,
+                     deadline: float | None) -> np.ndarray | None:
+        """(Q,) whole-frame match of each query (<global_text> against the coarse <global>);
+        None when the frame has no global embedding."""
+        if not frame.global_embeddings.size:
+            return None
+        image_text = self.text_embeddings(queries, TARGET_IMAGE, deadline)
+        return self.image_match(image_text, frame.global_embeddings[:1])[:, 0]
 
     def _score(self, queries: list[str], text: np.ndarray, frame: CachedFrame, top_k: int,
                min_score: float, image_score: np.ndarray | None,

@@ -296,16 +296,14 @@ class Services:
         grounder = self.node.grounder
         assert grounder is not None
         scored = grounder.ground_boxes(queries, frame, kept.astype(np.float32), top_k,
-                                       min_score, deadline)
-        image = grounder.ground(queries, frame, 1, 0.0, deadline, with_image_score=True)
+                                       min_score, deadline, with_image_score=True)
         out = []
-        for result, whole in zip(scored, image, strict=True):
+        for result in scored:
             index = request_indices([o.box for o in result.objects],
                                     [o.proposal_index for o in result.objects], kept, kept_index)
             objects = [replace(o, proposal_index=i)
                        for o, i in zip(result.objects, index, strict=True)]
-            out.append(self.node.inputs.with_positions(
-                replace(result, objects=objects, image_score=whole.image_score), frame))
+            out.append(self.node.inputs.with_positions(replace(result, objects=objects), frame))
         return out
 
     # ---------------------------------------------------------------- ~/set_queries
