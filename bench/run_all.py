@@ -174,7 +174,7 @@ def run_config(label: str, enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndar
     for name in backends:
         try:
             choice = install_projector_backend(enc, name, cache_dir=cache, allow_build=True,
-                                               model=label)
+                                               model=label, grids=[enc.preprocess(rgb).merged_hw])
         except Exception as exc:  # an unavailable engine is reported, not fatal
             notes[name] = f"unavailable: {exc}"
             continue

@@ -33,27 +33,25 @@ from objembed_ros.accel.onnx_export import (
     export_projector,
     weights_sha256,
 )
-from objembed_ros.core.resize import ImageProcessorConfig, smart_resize
+from objembed_ros.core.resize import ImageProcessorConfig, merged_grid_for
+from objembed_ros.core.resize import parse_size as parse_size_text
 from objembed_ros.encoder.projector import ObjectProjector
 
 log = logging.getLogger("build_engines")
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'WxH' -> (W, H)."""
+    """'WxH' -> (W, H) for argparse."""
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
+        return parse_size_text(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected WxH, got {text!r}") from exc
-    return w, h
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def grid_for_resolution(width: int, height: int, cfg: ImageProcessorConfig | None = None
                         ) -> tuple[int, int]:
     """The merged grid (H', W') the encoder uses for a camera resolution (official resize)."""
-    cfg = cfg or ImageProcessorConfig()
-    h, w = smart_resize(height, width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
-    return h // cfg.factor, w // cfg.factor
+    return merged_grid_for(width, height, cfg or ImageProcessorConfig())
 
 
 def load_projector(checkpoint: Path) -> ObjectProjector:

@@ -6,11 +6,12 @@
 #   bash scripts/gpu_check.sh --out DIR --only parity_fp32 latency_2b
 #
 # Needs: python3 with a CUDA torch (never installed here), numpy, pillow, scikit-image,
-# transformers, safetensors, tokenizers. Missing Python packages are installed, without the
+# transformers 4.57.x or 5.x (a CUDA image's own 5.x works as it is), safetensors, tokenizers.
+# Missing Python packages are installed, without the
 # network, from a wheel folder (at most 60 MiB): $OBJEMBED_WHEELS, default ./wheels, into
 # ./.gpu_check/site (first on PYTHONPATH; nothing system-wide changes). Fill it on a
 # networked machine with the GPU machine's Python version, e.g.
-#   pip download --no-deps -d wheels transformers==4.57.1 onnx==1.23.2
+#   pip download --no-deps -d wheels onnx==1.23.2 scikit-image==0.25.2
 # Writes DIR/gpu_check.json (every step with a status) and DIR/gpu_check.md
 # (default DIR: ./gpu_check_out). Exit status 1 when a step failed (skips are fine).
 set -euo pipefail

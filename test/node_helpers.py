@@ -1,12 +1,19 @@
 """Shared pieces of the node integration tests: a module-scoped client and frame publishers."""
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -23,6 +30,29 @@ def header(stamp_ns: int, frame_id: str = "cam_optical") -> Header:
     h = Header(frame_id=frame_id)
     h.stamp.sec, h.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
     return h
+
+
+@contextmanager
+def in_process_node(namespace: str, parameters: dict[str, Any]) -> Iterator[Any]:
+    """A GroundingNode in this process (its own rclpy context and a spinning executor, real
+    topics), for tests that reach into the node; shut down and destroyed afterwards."""
+    from objembed_ros.ros.node import GroundingNode
+
+    context = Context()
+    rclpy.init(context=context)
+    node = GroundingNode(context=context, namespace=namespace, parameter_overrides=[
+        Parameter(name, value=value) for name, value in parameters.items()])
+    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        yield node
+    finally:
+        node.begin_shutdown()
+        node.release(join_timeout=5)
+        executor.shutdown(timeout_sec=2)
+        node.destroy_node()
+        rclpy.shutdown(context=context)
 
 
 def rss_kb(pid: int) -> int:

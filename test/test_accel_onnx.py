@@ -152,13 +152,17 @@ def test_encode_image_onnxruntime_equals_torch(tiny_objembed_dir: Path, tmp_path
     boxes = np.array([[10.0, 20.0, 200.0, 300.0], [0.0, 0.0, 517.0, 331.0],
                       [400.5, 100.25, 410.0, 330.0]])
     ref = [enc.encode_image(rgb, b) for b in (boxes, np.zeros((0, 4)))]
-    with caplog.at_level(logging.INFO, logger="objembed_ros.accel.projector_runtime"):
-        choice = install_projector_backend(enc, "onnxruntime", cache_dir=tmp_path, model="tiny")
-    assert choice.chosen == "onnxruntime" and enc.projector_backend is not None
-    got = [enc.encode_image(rgb, b) for b in (boxes, np.zeros((0, 4)))]
     grid = (ref[0].resized_size[1] // 32, ref[0].resized_size[0] // 32)
     assert grid[0] != grid[1]
+    with caplog.at_level(logging.INFO, logger="objembed_ros.accel.projector_runtime"):
+        choice = install_projector_backend(enc, "onnxruntime", cache_dir=tmp_path, model="tiny",
+                                           grids=[grid])
+    assert choice.chosen == "onnxruntime" and enc.projector_backend is not None
+    # exported at install (configure), not on the first frame
     assert list((tmp_path / "onnx").glob(f"projector-tiny-*-{grid[0]}x{grid[1]}-*.onnx"))
+    got = [enc.encode_image(rgb, b) for b in (boxes, np.zeros((0, 4)))]
+    assert enc.projector_backend.for_grid(grid).name == "onnxruntime"
+    assert enc.projector_backend.unprepared_grids == []
     for r, g in zip(ref, got, strict=True):
         for name in ("object_embeddings", "iou_logits", "global_embeddings"):
             a, b = getattr(r, name), getattr(g, name)
@@ -168,6 +172,27 @@ def test_encode_image_onnxruntime_equals_torch(tiny_objembed_dir: Path, tmp_path
     assert got[1].object_embeddings.shape[0] == 0
     assert install_projector_backend(enc, "torch").chosen == "torch"
     assert enc.projector_backend is None
+
+
+def test_undeclared_grid_runs_in_torch_and_exports_nothing(tiny_objembed_dir: Path,
+                                                           tmp_path: Path, photo: np.ndarray,
+                                                           caplog) -> None:
+    """A frame of a resolution not prepared at install never exports or builds: torch runs
+    its projector (the same numbers as no backend at all) and the grid is logged once."""
+    enc = ObjEmbedEncoder.from_pretrained(tiny_objembed_dir, dtype=torch.float32)
+    boxes = np.array([[10.0, 20.0, 200.0, 300.0], [100.0, 50.0, 480.0, 500.0]])
+    ref = enc.encode_image(photo, boxes)
+    install_projector_backend(enc, "onnxruntime", cache_dir=tmp_path, model="tiny",
+                              grids=[(7, 11)])
+    exported = sorted(p.name for p in (tmp_path / "onnx").glob("projector-*.onnx"))
+    assert len(exported) == 1 and "-7x11-" in exported[0]
+    with caplog.at_level(logging.WARNING, logger="objembed_ros.accel.projector_runtime"):
+        got = [enc.encode_image(photo, boxes) for _ in range(2)]
+    assert sorted(p.name for p in (tmp_path / "onnx").glob("projector-*.onnx")) == exported
+    assert enc.projector_backend.unprepared_grids == [(30, 30)]  # 512x512 -> 960x960 px
+    assert sum("was not prepared" in r.getMessage() for r in caplog.records) == 1
+    for g in got:
+        assert torch.equal(g.object_embeddings, ref.object_embeddings)
 
 
 def test_tensorrt_on_cpu_falls_back_to_onnxruntime_with_log(encoder: ObjEmbedEncoder,

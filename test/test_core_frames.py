@@ -15,7 +15,14 @@ from objembed_ros.core.frames import (
     StampBuffer,
     stamp_to_ns,
 )
-from objembed_ros.core.stats import LatencyWindow, RateMeter, ReasonCounter, Throttle
+from objembed_ros.core.stats import (
+    FailureState,
+    FailureStreak,
+    LatencyWindow,
+    RateMeter,
+    ReasonCounter,
+    Throttle,
+)
 
 
 def test_ring_is_bounded_per_camera() -> None:
@@ -125,6 +132,21 @@ def test_meters() -> None:
     throttle = Throttle(5.0)
     assert throttle.ready("x", now=0.0) and not throttle.ready("x", now=4.0)
     assert throttle.ready("y", now=4.0) and throttle.ready("x", now=5.5)
+
+
+def test_failure_streak() -> None:
+    streak = FailureStreak(threshold=3)
+    assert streak.state() == FailureState(0, 0, "", False)
+    assert streak.failure("a") == FailureState(1, 1, "a", False)
+    streak.success()
+    assert streak.failure("b") == FailureState(2, 1, "b", False)
+    assert streak.failure("c") == FailureState(3, 2, "c", False)
+    assert streak.failure("d") == FailureState(4, 3, "d", True)  # third in a row
+    assert streak.failure("e").failing
+    streak.success()  # one good frame clears the alarm, not the total
+    assert streak.state() == FailureState(5, 0, "e", False)
+    with pytest.raises(ValueError):
+        FailureStreak(threshold=0)
 
 
 def test_transport_meter_counts_lost_frames_from_stamps() -> None:

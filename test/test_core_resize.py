@@ -7,11 +7,14 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from transformers_reference import official_image_processor
 
 from objembed_ros.core.errors import InputError
 from objembed_ros.core.resize import (
     ImageProcessorConfig,
     float32_normalisation_is_exact,
+    merged_grid_for,
+    parse_size,
     patchify,
     preprocess_image,
     repeat_temporal,
@@ -59,10 +62,8 @@ def test_smart_resize_aspect_ratio_limit() -> None:
 
 
 def _official_pixels(resized: np.ndarray, cfg: ImageProcessorConfig) -> dict:
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-
-    ref = Qwen2VLImageProcessor(patch_size=cfg.patch_size, merge_size=cfg.merge_size,
-                                temporal_patch_size=cfg.temporal_patch_size,
+    ref = official_image_processor(patch_size=cfg.patch_size, merge_size=cfg.merge_size,
+                                   temporal_patch_size=cfg.temporal_patch_size,
                                 image_mean=list(cfg.image_mean), image_std=list(cfg.image_std),
                                 rescale_factor=cfg.rescale_factor)
     return ref.preprocess(images=resized, do_resize=False, return_tensors="np")
@@ -155,3 +156,21 @@ def test_config_from_json_and_preprocess(tmp_path, photo: np.ndarray) -> None:
     assert pre.resized_hw == (960, 960) and pre.merged_hw == (30, 30)
     assert pre.pixel_values.shape == (60 * 60, 3 * 16 * 16)  # one temporal slice
     assert pre.pixel_values.dtype == np.float32
+
+
+def test_merged_grid_for_a_camera_resolution() -> None:
+    cfg = ImageProcessorConfig()
+    # 1280x720: rounded 704x1280 has 901120 < 921600 px (900 tokens), so beta = 1.0 and
+    # h = ceil(720 / 32) * 32 = 736: 23 x 40 merged tokens
+    assert merged_grid_for(1280, 720, cfg) == (23, 40)
+    for width, height in ((1280, 720), (640, 480), (333, 517)):
+        pre = preprocess_image(np.zeros((height, width, 3), np.uint8), cfg)
+        assert merged_grid_for(width, height, cfg) == pre.merged_hw
+
+
+def test_parse_size() -> None:
+    assert parse_size("640x480") == (640, 480)
+    assert parse_size(" 1280X720 ") == (1280, 720)
+    for bad in ("640", "640x", "x480", "0x480", "640x-1", "axb", "1x2x3", ""):
+        with pytest.raises(ValueError, match="640x480|positive"):
+            parse_size(bad)

@@ -3,6 +3,7 @@ that runs transformers' own ``Qwen3VLModel.forward`` (its placeholder scatter, M
 and deepstack injection), plus determinism, scores, caching and input validation."""
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from transformers_reference import TRANSFORMERS_MAJOR, official_image_processor
 
 from objembed_ros import EncodedFrame, InputError, ObjEmbedEncoder, grounding_scores
 from objembed_ros.core.resize import smart_resize
@@ -54,14 +56,12 @@ def official_style_pass(enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndarray
                         layout: int, user_text: str | None = None) -> dict[str, torch.Tensor]:
     """Re-implements the official inference with transformers doing the LM wiring.
     user_text replaces the whole text after the image (the image-query prompt)."""
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-
     qwen, proj, tok = enc.qwen, enc.projector, enc.tokenizer
     inner, d = proj.model, proj.hidden_size
     oh, ow = rgb.shape[:2]
     rh, rw = smart_resize(oh, ow, 32, 900 * 1024, 1200 * 1024)
     resized = np.asarray(Image.fromarray(rgb).resize((rw, rh)))
-    ip = Qwen2VLImageProcessor(patch_size=16, temporal_patch_size=2, merge_size=2,
+    ip = official_image_processor(patch_size=16, temporal_patch_size=2, merge_size=2,
                                image_mean=[0.5] * 3, image_std=[0.5] * 3)
     inputs = ip.preprocess(images=resized, do_resize=False, return_tensors="pt")
     pv, grid = inputs["pixel_values"], inputs["image_grid_thw"]
@@ -92,8 +92,15 @@ def official_style_pass(enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndarray
     object_id = tok.convert_tokens_to_ids("<object>")
     global_id = tok.convert_tokens_to_ids("<global>")
 
+    v5 = TRANSFORMERS_MAJOR >= 5
     with torch.no_grad():
-        image_embeds, deepstack = qwen.get_image_features(pv, grid)
+        features = qwen.get_image_features(pv, grid)
+        if v5:  # an output object (spec section 7); deepstack per image from 5.2x on
+            image_embeds = features.pooler_output
+            per_image = not torch.is_tensor(features.deepstack_features[0])
+            deepstack = [d[0] if per_image else d for d in features.deepstack_features]
+        else:
+            image_embeds, deepstack = features
         _, hh, ww = grid[0].tolist()
         hh, ww = hh // 2, ww // 2
 
@@ -132,24 +139,44 @@ def official_style_pass(enc: ObjEmbedEncoder, rgb: np.ndarray, boxes: np.ndarray
         pairs = torch.cat([objs[:, None], (pos_emb + box_coor[:n])[:, None]], 1).flatten(0, 1)
 
         # transformers' forward: our image features, object features via an embedding hook
-        def fake_features(*_args, **_kwargs):
-            return (image_feat,), deepstack
-
         def hook(_module, args, output):
             mask = (args[0] == object_id)[..., None].expand_as(output)
             return output.masked_scatter(mask, pairs)
 
-        original = qwen.get_image_features
-        qwen.get_image_features = fake_features
         handle = qwen.language_model.embed_tokens.register_forward_hook(hook)
         try:
-            hidden = qwen(input_ids=input_ids, pixel_values=pv, image_grid_thw=grid,
-                          attention_mask=torch.ones_like(input_ids),
-                          use_cache=False).last_hidden_state[0]
+            kwargs = {}
+            if v5:  # the 5.x processor also returns token types: 1 = image
+                from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+                    BaseModelOutputWithDeepstackFeatures,
+                )
+                image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+                kwargs["mm_token_type_ids"] = (input_ids == image_id).int()
+                fake = BaseModelOutputWithDeepstackFeatures(
+                    pooler_output=(image_feat,),
+                    deepstack_features=[(m,) if per_image else m for m in deepstack])
+            else:
+                fake = ((image_feat,), deepstack)
+            if "mm_encoder_outputs" in inspect.signature(qwen.forward).parameters:  # 5.2x
+                hidden = qwen(input_ids=input_ids, image_grid_thw=grid,
+                              mm_encoder_outputs={"image": fake},
+                              attention_mask=torch.ones_like(input_ids), use_cache=False,
+                              **kwargs).last_hidden_state[0]
+            else:  # 4.57, 5.17: our image features through get_image_features
+                def fake_features(*_args, **_kwargs):
+                    return fake
+
+                original = qwen.get_image_features
+                qwen.get_image_features = fake_features
+                try:
+                    hidden = qwen(input_ids=input_ids, pixel_values=pv, image_grid_thw=grid,
+                                  attention_mask=torch.ones_like(input_ids),
+                                  use_cache=False, **kwargs).last_hidden_state[0]
+                finally:
+                    del qwen.get_image_features
+                    assert qwen.get_image_features == original
         finally:
             handle.remove()
-            del qwen.get_image_features
-            assert qwen.get_image_features == original
         where = (input_ids[0] == object_id).nonzero().squeeze(1).reshape(-1, 2)
         return {"ids": input_ids[0], "objects": hidden[where[:, 0]],
                 "ious": proj.logit_iou_proj(hidden[where[:, 1]])[:, 0],

@@ -34,6 +34,8 @@ def test_gpu_check_dry_run_reports_every_step(tmp_path: Path) -> None:
     assert set(lat["frames"]) == {"640x480", "1280x720"} and lat["boxes"] == 100
     assert lat["frames"]["640x480"]["stages_median_ms"]["encoder.projector"] > 0
     assert lat["new_query"]["median_ms"] > 0 and lat["cached_query"]["median_ms"] > 0
+    assert lat["new_query_during_frames"]["median_ms"] > 0
+    assert lat["text_beside_frames"] is False  # CPU: text passes share the model lock
     table = (tmp_path / "gpu_check.md").read_text()
     assert all(f"| {name} |" in table for name in STEPS)
 

@@ -55,7 +55,9 @@ class ScriptedEncoder:
         self.log: list[str] = []
         self.boxes_seen: list[np.ndarray] = []
         self.image_gate: Gate | None = None
+        self.text_gate: Gate | None = None
         self.fail: Exception | None = None
+        self.text_beside_frames = False  # True on CUDA (ObjEmbedEncoder)
 
     @staticmethod
     def tokenizer(text: str, add_special_tokens: bool = False) -> dict[str, list[str]]:
@@ -76,6 +78,8 @@ class ScriptedEncoder:
         self.log.append("text")
         if self.fail is not None:
             raise self.fail
+        if self.text_gate is not None:
+            self.text_gate.through()
         out = np.ones((len(texts), D), np.float32)
         for text, row in zip(texts, out, strict=True):
             self.text_cache.put((target, text), row)
@@ -154,6 +158,44 @@ def test_cached_query_is_served_while_a_frame_is_encoded() -> None:
         worker.join(WAIT)
     assert encoder.log == ["frame", "text", "frame"]  # the busy query never ran a pass
     assert GrounderBusy is ModelBusy
+
+
+def test_text_pass_runs_beside_a_frame_pass_when_the_encoder_allows() -> None:
+    """An encoder with text_beside_frames (CUDA: its own stream) runs a new query's text pass
+    under the text lock, not the model lock: it completes while a frame pass is inside the
+    model. Text passes still go one at a time, and close() waits for both kinds."""
+    grounder, encoder = _grounder()
+    frame = grounder.encode_frame(RGB, 0, "cam", boxes=[[0, 0, 10, 10]])
+    encoder.text_beside_frames = True
+    encoder.log.clear()
+    frame_gate = encoder.image_gate = Gate()
+    worker, _ = _start(lambda: grounder.encode_frame(RGB, 1, "cam"))
+    text_gate = Gate()
+    first = None
+    try:
+        frame_gate.wait_entered()  # a frame pass holds the model lock
+        answer = grounder.ground(["a new query"], frame, deadline=time.monotonic() + WAIT)
+        assert answer[0].query == "a new query" and worker.is_alive()
+        assert encoder.log == ["frame", "text"]
+        encoder.text_gate = text_gate
+        first, _ = _start(lambda: grounder.text_embeddings(["first"]))
+        text_gate.wait_entered()  # a text pass holds the text lock
+        with pytest.raises(ModelBusy):  # the second text pass waits for the first
+            grounder.text_embeddings(["second"], deadline=time.monotonic() + 0.05)
+        closing, _ = _start(grounder.close)
+        frame_gate.release.release()  # the frame pass ends: close() gets the model lock...
+        worker.join(WAIT)
+        _wait_for(lambda: grounder.text_lock.requests_waiting == 1)  # ...and waits for text
+        assert grounder.encoder is not None
+    finally:
+        frame_gate.release.release()
+        text_gate.release.release()
+        worker.join(WAIT)
+        if first is not None:
+            first.join(WAIT)
+    closing.join(WAIT)
+    assert not closing.is_alive() and grounder.encoder is None
+    assert encoder.log == ["frame", "text", "text"]
 
 
 def test_pass_failures_become_model_failure_with_the_cause() -> None:

@@ -15,12 +15,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import rclpy
-from node_helpers import header
+from node_helpers import header, in_process_node
 from rcl_interfaces.srv import GetParameters
-from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
-from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
@@ -28,22 +24,10 @@ from objembed_msgs.msg import GroundedObject, GroundedObjectArray
 from objembed_msgs.srv import Ground
 from objembed_ros.ros.convert import rgb_to_image
 from objembed_ros.ros.launcher import default_params_file
-from objembed_ros.ros.node import GroundingNode
 
 
 def test_frame_consumers_get_every_frame_and_cannot_kill_the_worker(
         tiny_objembed_dir: Path, photo: np.ndarray, ros_client) -> None:
-    context = Context()
-    rclpy.init(context=context)
-    node = GroundingNode(context=context, namespace="/consumers", parameter_overrides=[
-        Parameter("checkpoint", value=str(tiny_objembed_dir)),
-        Parameter("proposer", value="whole_image"),
-        Parameter("standing_queries", value=["a face", "a cup"]),
-        Parameter("top_k", value=0)])
-    executor = MultiThreadedExecutor(num_threads=2, context=context)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
     seen: list[tuple] = []
 
     def failing(*_args: object) -> None:
@@ -53,9 +37,11 @@ def test_frame_consumers_get_every_frame_and_cannot_kill_the_worker(
         seen.append((frame.stamp_ns, [r.query for r in results], hdr, camera,
                      threading.current_thread().name, [r.stamp_ns for r in results]))
 
-    node.add_frame_consumer(failing)
-    node.add_frame_consumer(recording)
-    try:
+    with in_process_node("/consumers", {
+            "checkpoint": str(tiny_objembed_dir), "proposer": "whole_image",
+            "standing_queries": ["a face", "a cup"], "top_k": 0}) as node:
+        node.add_frame_consumer(failing)
+        node.add_frame_consumer(recording)
         node.autostart()
         assert node.state == "active", node.model_error
         pub = ros_client.node.create_publisher(Image, "/consumers/image",
@@ -80,12 +66,6 @@ def test_frame_consumers_get_every_frame_and_cannot_kill_the_worker(
         pub.publish(rgb_to_image(rgb, header(3_000_000_000)))
         time.sleep(1.0)
         assert len(seen) == n
-    finally:
-        node.begin_shutdown()
-        node.release(join_timeout=5)
-        executor.shutdown(timeout_sec=2)
-        node.destroy_node()
-        rclpy.shutdown(context=context)
 
 
 def test_subscription_qos_defaults_and_overrides(launch_node, ros_client,

@@ -45,9 +45,17 @@ def test_parameter_choices_are_validated() -> None:
     values = {p.name: p.default for p in PARAMETERS}
     assert validate_settings(values) is None
     for name, bad in (("projector_backend", "tvm"), ("dtype", "int4"), ("device", "gpu0"),
-                      ("proposer", "yolo"), ("image_topics", [])):
+                      ("proposer", "yolo"), ("image_topics", []),
+                      ("engine_resolutions", ["1280"]), ("engine_resolutions", ["0x480"]),
+                      ("engine_resolutions", ["640x480", "wide"])):
         reason = validate_settings({**values, name: bad})
         assert reason is not None and name in reason, (name, reason)
+    assert validate_settings({**values, "engine_resolutions": ["640x480", " 1280X720 "]}) is None
+    from objembed_ros.ros.params import grounder_config
+
+    config = grounder_config({**values, "engine_resolutions": ["640x480", "1280X720"]})
+    assert config.engine_resolutions == ((640, 480), (1280, 720))
+    assert config.allow_engine_build is False
     names = {p.name for p in PARAMETERS}
     assert "max_wait" in names and not any(n.startswith("qos_") for n in names)
 

@@ -131,14 +131,17 @@ class TextGraphRunner:
             dev_ids = pids.to(self.device)
             return self._forward(dev_ids, self._mask4d(pmask.to(self.device)))[:b, :n]
         try:  # pragma: no cover - CUDA only
-            entry = self._graphs.get((bb, lb))
-            if entry is None:
-                entry = self._graphs[(bb, lb)] = self._capture((bb, lb))
-            graph, static, out = entry
-            static["ids"].copy_(pids, non_blocking=True)
-            static["mask"].copy_(self._mask4d(pmask.to(self.device, non_blocking=True)))
-            graph.replay()
-            return out[:b, :n]
+            # cuda:N, N > 0: capture, the side stream and replay use the current device's
+            # streams, so make the model's device current (the caller's stream stays).
+            with torch.cuda.device(self.device):
+                entry = self._graphs.get((bb, lb))
+                if entry is None:
+                    entry = self._graphs[(bb, lb)] = self._capture((bb, lb))
+                graph, static, out = entry
+                static["ids"].copy_(pids, non_blocking=True)
+                static["mask"].copy_(self._mask4d(pmask.to(self.device, non_blocking=True)))
+                graph.replay()
+                return out[:b, :n]
         except Exception as exc:  # pragma: no cover - CUDA only
             log.warning("text-pass CUDA graph capture failed (%s); using the eager path", exc)
             self.disabled = True

@@ -5,7 +5,7 @@ Every runtime is specialised to one merged grid (H', W') and is called like
 (object_tokens, second_tokens, image_pos)``; IoU runtimes: ``iou(hidden) -> (N,)``.
 :class:`ProjectorBackend` picks the backend (falling back with a logged reason via
 :func:`objembed_ros.accel.backends.choose_backend`), exports/looks up one graph or engine
-per grid on first use and caches the runtimes by (H', W').
+per declared grid in :meth:`ProjectorBackend.prepare` and caches the runtimes by (H', W').
 :func:`install_projector_backend` puts one into the encoder's ``projector_backend`` hook
 (the grounder's build step calls it; the encoder never imports this module).
 
@@ -208,9 +208,9 @@ class ProjectorBackend:
     backend: "torch" | "onnxruntime" | "tensorrt" (the request; ``choice`` says what runs).
     cache_dir: where ONNX exports (``onnx/``) and engines (``engines/``) live; required for
     onnxruntime/tensorrt. model: short name for files and engine keys ("objembed-2b").
-    allow_build: export ONNX / build missing or stale TensorRT engines on first use of a
-    grid (a TensorRT build takes minutes: do it ahead with model/build_engines.py and leave
-    this off on robots). precision: TensorRT engine precision ("fp16" default; "bf16",
+    allow_build: export ONNX / build missing or stale TensorRT engines in :meth:`prepare`
+    (a TensorRT build takes minutes: do it ahead with model/build_engines.py and leave this
+    off on robots). precision: TensorRT engine precision ("fp16" default; "bf16",
     "fp32"), built from an ONNX graph exported in that precision. max_boxes: the largest
     box count the engines' optimisation profile accepts (the encoder's max_boxes).
     """
@@ -231,6 +231,8 @@ class ProjectorBackend:
         self.allow_build, self.precision, self.ort_threads = allow_build, precision, ort_threads
         self.max_boxes = int(max_boxes)
         self._runtimes: dict[tuple[int, int], ProjectorRuntime] = {}
+        self.prepared = False  # set by prepare(): no exports/builds after it
+        self.unprepared_grids: list[tuple[int, int]] = []  # met on frames, run in torch
         self._iou = None
         self._wsha: str | None = None
 
@@ -277,13 +279,21 @@ class ProjectorBackend:
         return trt.build_engine(onnx_path, found.path, key, profile)
 
     def for_grid(self, merged_hw: tuple[int, int]) -> ProjectorRuntime:
-        """The runtime for one merged grid (created, exported or loaded on first use)."""
+        """The runtime for one merged grid: exported or loaded on first use until
+        :meth:`prepare` ran; after it, a grid it did not prepare runs in torch (a frame
+        never waits for an export or an engine build) and is logged once."""
         grid = (int(merged_hw[0]), int(merged_hw[1]))
         rt = self._runtimes.get(grid)
         if rt is not None:
             return rt
         name = self.choice.chosen
         if name == "torch":
+            rt = TorchProjectorRuntime(self.projector, grid)
+        elif self.prepared:
+            log.warning("camera grid %dx%d (merged tokens) was not prepared at configure: its "
+                        "object projector runs in torch, not %s. Add the camera's resolution "
+                        "to engine_resolutions and configure again.", grid[0], grid[1], name)
+            self.unprepared_grids.append(grid)
             rt = TorchProjectorRuntime(self.projector, grid)
         elif name == "onnxruntime":
             rt = OrtProjectorRuntime(self._export(grid), grid, self.device, self.ort_threads)
@@ -293,10 +303,12 @@ class ProjectorBackend:
         return rt
 
     def prepare(self, grids: Iterable[tuple[int, int]]) -> None:
-        """Create the runtimes for known camera grids now (fail at configure, not mid-run)."""
+        """Create the runtimes for the declared camera grids and the IoU head now (exports,
+        engine builds and their failures happen here, at configure, never on a frame)."""
         for grid in grids:
             self.for_grid(grid)
         self.iou_runtime()
+        self.prepared = True
 
     def iou_runtime(self):
         if self._iou is None:
@@ -328,9 +340,9 @@ def install_projector_backend(encoder: ObjEmbedEncoder, name: str = "torch",
     An unavailable backend falls back (tensorrt -> onnxruntime -> torch) with a logged
     reason; the returned ``BackendChoice`` says what runs. cache_dir holds the ONNX exports
     and engines (required unless torch runs); model names them (default: the checkpoint
-    directory name, lower-cased); allow_build exports/builds missing or stale graphs on
-    first use of a merged grid; grids (H', W') are prepared now so that failures surface at
-    configure time.
+    directory name, lower-cased); grids (H', W') are prepared now, exporting/building
+    missing or stale graphs when allow_build is set, so failures surface at configure time;
+    a grid met later runs in torch (see :meth:`ProjectorBackend.for_grid`).
     """
     backend = ProjectorBackend(encoder.projector, name, encoder.device, cache_dir,
                                model=model or model_name(encoder.ckpt.path),

@@ -156,6 +156,25 @@ def smart_resize(height: int, width: int, factor: int = 32,
     return h_bar, w_bar
 
 
+def merged_grid_for(width: int, height: int, cfg: ImageProcessorConfig) -> tuple[int, int]:
+    """(H', W'): the visual-token grid a camera's WxH frames get (the grid engines are keyed
+    by; equal to ``PreprocessedImage.merged_hw`` of such a frame)."""
+    h, w = smart_resize(height, width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+    return h // cfg.factor, w // cfg.factor
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x480' -> (640, 480); ValueError naming the text unless two positive integers."""
+    parts = text.strip().lower().split("x")
+    try:
+        a, b = (int(v) for v in parts)
+    except ValueError:
+        raise ValueError(f"expected WxH such as 640x480, got {text!r}") from None
+    if a <= 0 or b <= 0:
+        raise ValueError(f"sizes must be positive, got {text!r}")
+    return a, b
+
+
 def to_rgb(image: np.ndarray) -> np.ndarray:
     """Return an HxWx3 uint8 RGB array.
 

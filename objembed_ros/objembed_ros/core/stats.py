@@ -1,5 +1,5 @@
 """Small, thread-safe meters for diagnostics: event rates, latency percentiles, counters by
-reason, and a throttle for warnings (numpy only, no ROS)."""
+reason, failure streaks, and a throttle for warnings (numpy only, no ROS)."""
 from __future__ import annotations
 
 import threading
@@ -77,6 +77,44 @@ class ReasonCounter:
     def total(self) -> int:
         with self._lock:
             return sum(self._counts.values())
+
+
+@dataclass(frozen=True)
+class FailureState:
+    total: int  # failures since start
+    in_a_row: int  # failures since the last success
+    last: str  # the last failure's message ("" before the first)
+    failing: bool  # in_a_row reached the threshold
+
+
+class FailureStreak:
+    """Failures of a repeated job (encoding frames): one failure is an event to count, a run
+    of ``threshold`` in a row means the job keeps failing (an ERROR for /diagnostics) until
+    the next success."""
+
+    def __init__(self, threshold: int = 5) -> None:
+        if threshold < 1:
+            raise ValueError(f"threshold must be >= 1, got {threshold}")
+        self.threshold = threshold
+        self._total = self._in_a_row = 0
+        self._last = ""
+        self._lock = threading.Lock()
+
+    def success(self) -> None:
+        with self._lock:
+            self._in_a_row = 0
+
+    def failure(self, message: str) -> FailureState:
+        with self._lock:
+            self._total += 1
+            self._in_a_row += 1
+            self._last = message
+        return self.state()
+
+    def state(self) -> FailureState:
+        with self._lock:
+            return FailureState(self._total, self._in_a_row, self._last,
+                                self._in_a_row >= self.threshold)
 
 
 class Throttle:

@@ -30,6 +30,7 @@ from objembed_ros.core.resize import ImageProcessorConfig
 from objembed_ros.encoder.preprocess import fold_patch_embedding
 from objembed_ros.encoder.projector import ObjectProjector
 from objembed_ros.encoder.prompts import OBJEMBED_TOKENS, TokenIds, special_token_ids
+from objembed_ros.encoder.transformers_compat import no_init_weights, version_problem
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,6 @@ def load_tokenizer(path: Path) -> tuple[Any, TokenIds]:
 def _build_modules(config: Any, device: torch.device, dtype: torch.dtype, attn: str
                    ) -> tuple[Any, ObjectProjector]:
     from transformers import Qwen3VLModel
-    from transformers.modeling_utils import no_init_weights
 
     # Sub-models are built with _from_config(sub_config), which takes the dtype from each
     # sub-config: set all three so nothing is created in the stored (bf16) dtype by accident.
@@ -278,6 +278,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     if not ((root / "tokenizer.json").is_file() or (root / "vocab.json").is_file()):
         raise CheckpointError(f"missing tokenizer files (tokenizer.json or vocab.json + "
                               f"merges.txt) in {root}")
+    problem = version_problem()
+    if problem:
+        raise CheckpointError(problem)
     dev = torch.device(device)
     config, attrs = load_config(root)
     tokenizer, ids = load_tokenizer(root)

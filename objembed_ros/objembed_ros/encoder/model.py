@@ -18,6 +18,7 @@ the forward except M-RoPE index computation, which runs on CPU input ids before 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from objembed_ros.core.scoring import (
     host_float32,
     image_scores,
 )
-from objembed_ros.encoder import prompts
+from objembed_ros.encoder import prompts, transformers_compat
 from objembed_ros.encoder.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from objembed_ros.encoder.hooks import ProjectorHook, TextRunnerHook
 from objembed_ros.encoder.preprocess import ImagePreprocessor
@@ -102,6 +103,10 @@ class ObjEmbedEncoder:
         # projector and the eager text pass.
         self.projector_backend: ProjectorHook | None = None
         self.text_runner: TextRunnerHook | None = None
+        # CUDA: text passes run on their own high-priority stream, beside a frame pass on the
+        # default stream (the Grounder then lets them skip the frame's model lock).
+        self.text_beside_frames = self.device.type == "cuda"
+        self._text_stream: Any = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -200,8 +205,8 @@ class ObjEmbedEncoder:
         t = time.perf_counter()
         pixel_values = self.preprocessor.pixels_on(pre.pixel_values, dev)
         grid_thw = torch.tensor([pre.grid_thw], dtype=torch.long)
-        image_embeds, deepstack = self.qwen.get_image_features(pixel_values, grid_thw.to(dev))
-        embeds = image_embeds[0]
+        embeds, deepstack = transformers_compat.image_features(self.qwen, pixel_values,
+                                                               grid_thw.to(dev))
         self._sync()
         timings["vision"] = time.perf_counter() - t
 
@@ -225,7 +230,8 @@ class ObjEmbedEncoder:
         if img_pos.numel() != n_img or obj_pos.numel() != 2 * n:
             raise RuntimeError(f"prompt layout mismatch: {img_pos.numel()} image pads for "
                                f"{n_img} tokens, {obj_pos.numel()} object tokens for {n} boxes")
-        position_ids, _ = self.qwen.get_rope_index(ids_cpu, grid_thw, None, None)
+        position_ids = transformers_compat.rope_positions(self.qwen, ids_cpu, grid_thw,
+                                                          self.ids.image_pad)
         input_ids = ids_cpu.to(dev)
         lm = self.qwen.language_model
         inputs_embeds = lm.embed_tokens(input_ids)
@@ -269,11 +275,25 @@ class ObjEmbedEncoder:
                                        with_image=False)
         return prompts.tokenize(self.tokenizer, rendered)
 
+    def _on_text_stream(self) -> contextlib.AbstractContextManager[Any]:
+        """On CUDA, the text pass's own stream (high priority: its few small kernels go
+        ahead of a frame pass's queue), with its device current; nothing elsewhere."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        if self._text_stream is None:
+            self._text_stream = torch.cuda.Stream(self.device, priority=-1)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.cuda.device(self.device))
+        stack.enter_context(torch.cuda.stream(self._text_stream))
+        return stack
+
     @torch.inference_mode()
     def encode_text(self, texts: str | list[str], target: str = "object") -> torch.Tensor:
-        """(Q, D) float32 query embeddings: ``<local_text>`` ("object") or ``<global_text>``
-        ("image") last hidden states. Cached per (target, text) in a bounded LRU;
-        uncached texts run as one right-padded batch."""
+        """(Q, D) float32 query embeddings on the host (CPU tensors): ``<local_text>``
+        ("object") or ``<global_text>`` ("image") last hidden states. Cached per
+        (target, text) in a bounded LRU of host copies, so a cache hit never touches the
+        device (no stream sync); uncached texts run as one right-padded batch, on CUDA on
+        the text stream, copied to the host on that stream."""
         if target not in ("object", "image"):
             raise ValueError(f"target must be 'object' or 'image', got {target!r}")
         if isinstance(texts, str):
@@ -291,11 +311,13 @@ class ObjEmbedEncoder:
             elif q not in todo:
                 todo.append(q)
         if todo:
-            for q, emb in zip(todo, self._text_pass(todo, target), strict=True):
+            with self._on_text_stream():
+                embeddings = self._text_pass(todo, target)
+            for q, emb in zip(todo, embeddings, strict=True):
                 found[q] = emb
                 self.text_cache.put((target, q), emb)
         if not texts:
-            return torch.zeros((0, self.hidden_size), device=self.device)
+            return torch.zeros((0, self.hidden_size))
         return torch.stack([found[q] for q in texts])
 
     def _text_pass(self, texts: list[str], target: str) -> torch.Tensor:
@@ -324,7 +346,7 @@ class ObjEmbedEncoder:
                                               position_ids=positions.to(dev),
                                               use_cache=False).last_hidden_state
         rows = torch.arange(len(seqs), device=dev)
-        return hidden[rows, torch.tensor(reads, device=dev)].float()
+        return hidden[rows, torch.tensor(reads, device=dev)].float().cpu()
 
     # ------------------------------------------------------------------ scores
     def score_objects(self, text_embeddings: Any, frame: EncodedFrame) -> GroundingScores:

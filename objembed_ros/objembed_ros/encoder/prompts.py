@@ -7,6 +7,7 @@ string expansion tokenises to the same ids because the pad is a special token).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,9 +93,16 @@ def special_token_ids(tokenizer: Any) -> TokenIds:
                     image_pad=ids[IMAGE_PAD_TOKEN], vision_start=ids[VISION_START_TOKEN])
 
 
+# Every tokenizer call goes through tokenize(), one at a time: a fast (Rust) tokenizer
+# raises "Already borrowed" when one thread sets its truncation/padding while another
+# encodes, and service threads, the frame worker and (on CUDA) text passes all tokenize.
+_TOKENIZER_LOCK = threading.Lock()
+
+
 def tokenize(tokenizer: Any, text: str) -> list[int]:
-    """Ids of an already-templated string (no extra special tokens added)."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    """Ids of a string (no extra special tokens added); thread-safe."""
+    with _TOKENIZER_LOCK:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def expand_image_pad(ids: list[int], image_pad_id: int, count: int) -> list[int]:

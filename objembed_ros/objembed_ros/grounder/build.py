@@ -43,7 +43,13 @@ class GrounderConfig:
     # torch with a reason in `Grounder.backend`.
     projector_backend: str = "torch"  # one of objembed_ros.accel.backends.BACKENDS
     engine_cache_dir: str = ""  # ONNX exports and TensorRT engines; "" = ~/.cache/objembed_ros
-    allow_engine_build: bool = True  # export/build missing or stale graphs on first use
+    # Camera resolutions (W, H) whose projector graphs/engines are prepared when the grounder
+    # is built (the node's on_configure); a frame of another resolution never exports or
+    # builds anything: its projector runs in torch (logged once per grid).
+    engine_resolutions: tuple[tuple[int, int], ...] = ()
+    # Export/build missing or stale graphs/engines for engine_resolutions while building
+    # (TensorRT: minutes); False: a missing engine fails the build with the command to run.
+    allow_engine_build: bool = False
     text_cuda_graphs: bool = False  # CUDA only: replay captured graphs for the text pass
     # "exact" (PIL on the host, the official pixels), "device" (one uint8 upload, resize and
     # letterbox on the model's device) or "auto" (device on CUDA, exact elsewhere).
@@ -111,9 +117,12 @@ def install_accel(encoder: Any, config: GrounderConfig) -> str:
 
         cache_dir = config.engine_cache_dir or str(
             Path.home() / ".cache" / "objembed_ros" / "engines")
+        from objembed_ros.core.resize import merged_grid_for
+
+        grids = [merged_grid_for(w, h, encoder.image_config) for w, h in config.engine_resolutions]
         backend = install_projector_backend(
             encoder, config.projector_backend, cache_dir=cache_dir,
-            allow_build=config.allow_engine_build).describe()
+            allow_build=config.allow_engine_build, grids=grids).describe()
     if config.text_cuda_graphs:
         from objembed_ros.accel.cuda_graphs import install_text_graphs
 

@@ -5,10 +5,14 @@ proposer and ONE ObjEmbed image pass and keeps the frame's object and global emb
 `ground` then costs one text pass (cached by text) plus a matrix product in core.scoring.
 No ROS here, and no torch: the parts (and torch) come from grounder.build.
 
-Threading: the model runs one pass at a time under a ModelLock (grounder.lock): frame
-passes (`encode_frame`, the worker) yield to request passes (text, supplied boxes, query
-image), so a new query waits at most for the pass in progress. Cached text embeddings are
-served without the lock; scoring is numpy on cached arrays and needs no lock.
+Threading: image passes run one at a time under a ModelLock (grounder.lock): frame passes
+(`encode_frame`, the worker) yield to request passes (supplied boxes, query image), so a
+request waits at most for the pass in progress. Text passes take the same lock on the CPU
+(where cores are the shared resource: two passes at once only split them); on CUDA
+(``encoder.text_beside_frames``) they take a text-only lock and run on the encoder's own
+stream beside the frame pass, so a new query never waits for a frame. Cached text
+embeddings are host copies served without any lock; every result leaves a pass as host
+arrays, copied inside it; scoring is numpy on cached arrays and needs no lock.
 
 Errors: InputError (the caller's input), ModelBusy (a deadline passed waiting for the
 model), ModelNotReady (no model loaded), ModelFailure (a pass failed inside the model or
@@ -36,6 +40,7 @@ from objembed_ros.core.results import (
     GroundingResult,
 )
 from objembed_ros.core.scoring import cosine_matrix, grounding_scores, host_float32, image_scores
+from objembed_ros.encoder.prompts import tokenize
 from objembed_ros.grounder.build import (
     GrounderConfig,
     build_parts,
@@ -98,7 +103,8 @@ def _encoded_parts(encoded: Any, props: Proposals) -> dict[str, Any]:
     dim = objects.shape[-1] if objects.ndim >= 2 else 0
     return dict(boxes=props.boxes, proposal_scores=props.scores, proposal_source=props.source,
                 object_embeddings=objects.reshape(n, dim) if n else np.zeros((0, dim), np.float32),
-                iou_logits=host_float32(encoded.iou_logits).reshape(-1))
+                iou_logits=host_float32(encoded.iou_logits).reshape(-1),
+                global_embeddings=host_float32(encoded.global_embeddings))
 
 
 def _one_upload(encoder: Any, rgb: np.ndarray) -> AbstractContextManager[Any]:
@@ -121,6 +127,7 @@ class Grounder:
         self.supplied = supplied_proposer(config)  # boxes given with a call
         self.frames: FrameRing[CachedFrame] = FrameRing(max(config.frame_cache_size, 1))
         self.model_lock = ModelLock()
+        self.text_lock = ModelLock()  # text passes among themselves, when beside frames
         self.logit_params = encoder.score_params  # the four learned score scalars
         self.backend = backend  # what runs the projector, and why
 
@@ -139,7 +146,7 @@ class Grounder:
 
     def close(self) -> None:
         """Drop the model and caches (lifecycle cleanup); frees CUDA memory when used."""
-        with self.model_lock.hold(request=True):
+        with self.model_lock.hold(request=True), self.text_lock.hold(request=True):
             self.frames.clear()
             if self.encoder is not None:
                 self.encoder.text_cache.clear()
@@ -155,11 +162,13 @@ class Grounder:
         return encoder
 
     @contextmanager
-    def _pass(self, what: str, request: bool, deadline: float | None) -> Iterator[Any]:
-        """Hold the model for one pass and yield the encoder. ModelBusy past the deadline,
-        ModelNotReady when none is loaded; any other failure inside becomes ModelFailure."""
+    def _pass(self, what: str, request: bool, deadline: float | None,
+              lock: ModelLock | None = None) -> Iterator[Any]:
+        """Hold the model (``lock``: the model lock unless given) for one pass and yield the
+        encoder. ModelBusy past the deadline, ModelNotReady when none is loaded; any other
+        failure inside becomes ModelFailure."""
         self._encoder()  # fail fast instead of waiting for the lock
-        with self.model_lock.hold(request, deadline):
+        with (lock or self.model_lock).hold(request, deadline):
             encoder = self._encoder()  # closed while this caller waited
             try:
                 yield encoder
@@ -190,14 +199,14 @@ class Grounder:
                 props = self.proposer.propose(rgb)  # type: ignore[union-attr]
             t1 = time.perf_counter()
             encoded = encoder.encode_image(rgb, props.boxes)
+            parts = _encoded_parts(encoded, props)  # host copies, inside the pass
             t2 = time.perf_counter()
         timings = {"proposals": t1 - t0, "encode": t2 - t1}
         for key, value in encoded.timings.items():
             timings[f"encoder.{key}"] = float(value)
         frame = CachedFrame(
             camera=camera, stamp_ns=int(stamp_ns), rgb=rgb, image_size=(w, h),
-            global_embeddings=host_float32(encoded.global_embeddings), timings=timings,
-            meta=meta, **_encoded_parts(encoded, props))
+            timings=timings, meta=meta, **parts)
         if cache:
             self.frames.add(camera, frame.stamp_ns, frame)
         return frame
@@ -220,21 +229,25 @@ class Grounder:
         return out
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of the user text (the tokenizer is thread-safe and needs no model lock)."""
-        return len(self._encoder().tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Tokens of the user text (encoder.prompts.tokenize: no model lock needed)."""
+        return len(tokenize(self._encoder().tokenizer, text))
 
     def text_embeddings(self, texts: Sequence[str], target: str = TARGET_OBJECT,
                         deadline: float | None = None) -> np.ndarray:
         """(Q, D) float32 embeddings.
 
-        Texts already in the encoder's (thread-safe) text cache are served without the model
-        lock, so a query repeated during a frame pass never waits behind inference; others
-        run one text pass, which goes before the next frame pass.
+        Texts already in the encoder's (thread-safe) text cache of host copies are served
+        without any lock, so a query repeated during a frame pass never waits behind
+        inference; others run one text pass: beside the frame pass on CUDA, else before the
+        next frame pass (module docstring).
         """
-        hits = [self._encoder().text_cache.get((target, t)) for t in texts]
+        encoder = self._encoder()
+        hits = [encoder.text_cache.get((target, t)) for t in texts]
         if any(h is None for h in hits):
-            with self._pass("text pass", request=True, deadline=deadline) as encoder:
-                return host_float32(encoder.encode_text(list(texts), target=target))
+            beside = getattr(encoder, "text_beside_frames", False)
+            lock = self.text_lock if beside else self.model_lock
+            with self._pass("text pass", request=True, deadline=deadline, lock=lock) as enc:
+                return host_float32(enc.encode_text(list(texts), target=target))
         return np.stack([host_float32(h) for h in hits]) if hits else np.zeros((0, 0), np.float32)
 
     def text_cache_stats(self) -> dict[str, int]:
@@ -268,8 +281,9 @@ class Grounder:
         text = self.text_embeddings(queries, TARGET_OBJECT, deadline)
         image = self._frame_match(queries, frame, deadline) if with_image_score else None
         with self._pass("image pass", request=True, deadline=deadline) as encoder:
-            encoded = encoder.encode_image(frame.rgb, props.boxes)
-        supplied = replace(frame, timings={}, **_encoded_parts(encoded, props))
+            parts = _encoded_parts(encoder.encode_image(frame.rgb, props.boxes), props)
+        parts.pop("global_embeddings")  # the cached frame's own (same pixels, no boxes)
+        supplied = replace(frame, timings={}, **parts)
         return self._score(queries, text, supplied, top_k, min_score, image,
                            proposal_index=False)
 

@@ -1,6 +1,7 @@
 """The node's /diagnostics status: state, model, rates, drops, latencies, rejected inputs,
-service failures, and transport health per camera (expected vs received frame rate from the
-images' header stamps, WARN naming the likely cause when most frames are lost)."""
+service failures, frame processing errors (ERROR while frames keep failing), and transport
+health per camera (expected vs received frame rate from the images' header stamps, WARN
+naming the likely cause when most frames are lost)."""
 from __future__ import annotations
 
 import time
@@ -41,6 +42,7 @@ def node_status(node: GroundingNode) -> DiagnosticStatus:
     now = time.monotonic()
     grounder = node.grounder
     rejected = node.rejected.snapshot()
+    failures = node.processing_errors.state()
     values: dict[str, str] = {
         "state": node.state,
         "model_error": node.model_error,
@@ -54,6 +56,9 @@ def node_status(node: GroundingNode) -> DiagnosticStatus:
         "calls_waiting": str(node.handlers.calls_in_flight),
         "standing_queries": str(len(node.standing)),
         "frame_consumer_errors": str(node.consumer_errors.total()),
+        "processing_errors": str(failures.total),
+        "processing_errors_in_a_row": str(failures.in_a_row),
+        "last_processing_error": failures.last,
         "shared_memory_profile": str(shared_memory_profile()).lower(),
     }
     transport, warnings = transport_values(node, now)
@@ -75,6 +80,9 @@ def node_status(node: GroundingNode) -> DiagnosticStatus:
         values.update(node.memory.status())
     if node.model_error:
         level, message = DiagnosticStatus.ERROR, f"{node.state}: {node.model_error}"
+    elif failures.failing:
+        level, message = DiagnosticStatus.ERROR, (
+            f"frames keep failing: {failures.in_a_row} in a row; last: {failures.last}")
     elif node.state != "active":
         level, message = DiagnosticStatus.WARN, node.state
     elif warnings:

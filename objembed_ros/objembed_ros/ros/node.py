@@ -73,7 +73,7 @@ from objembed_msgs.msg import GroundedObjectArray, MemoryEntry
 from objembed_msgs.srv import FindImage, Ground, Recall, SetQueries
 from objembed_ros.core.errors import InputError
 from objembed_ros.core.frames import LatestMailbox
-from objembed_ros.core.stats import LatencyWindow, ReasonCounter, Throttle
+from objembed_ros.core.stats import FailureStreak, LatencyWindow, ReasonCounter, Throttle
 from objembed_ros.core.tracking import TrackedFrame, Tracking
 from objembed_ros.grounder import CachedFrame, Grounder, GroundingResult
 from objembed_ros.ros import convert, params
@@ -93,6 +93,8 @@ LOCK_RESULT_SETTLE_S = 0.3  # extra spinning at shutdown for aborted locks' resu
 # Requests queue (reliable, deep): a burst of calls must not push earlier ones out of the
 # reader's history before the executor takes them (the default depth 10 loses the 11th).
 SERVICE_QOS = QoSProfile(depth=1000)
+# Frames failing in a row before /diagnostics reports ERROR ("frames keep failing").
+PROCESSING_ERRORS_IN_A_ROW = 5
 
 # fn(frame, results of the standing queries, source header, resolved image topic)
 FrameConsumer = Callable[[CachedFrame, list[GroundingResult], Header, str], None]
@@ -123,6 +125,9 @@ class GroundingNode(LifecycleNode):
         self.rejected = ReasonCounter()  # bad inputs by reason
         self.service_failures = ReasonCounter()
         self.consumer_errors = ReasonCounter()
+        # frames whose processing raised (CUDA OOM, engine errors, bugs): ERROR when they
+        # keep failing (core/stats.FailureStreak), OK again after a frame succeeds
+        self.processing_errors = FailureStreak(PROCESSING_ERRORS_IN_A_ROW)
         self.encode_latency = LatencyWindow()  # proposals + image pass
         self.frame_latency = LatencyWindow()  # image received -> groundings published
         self.overhead_latency = LatencyWindow()  # frame_latency minus model time
@@ -371,10 +376,15 @@ class GroundingNode(LifecycleNode):
                 continue
             try:
                 self._process(cam, msg, received, boxes_msg)
-            except InputError as err:
+            except InputError as err:  # the frame's fault: says nothing about the model
                 self.reject("image", getattr(err, "reason", "bad_input"), f"{topic}: {err}")
-            except Exception as exc:  # keep the worker alive; the log says what broke
-                self.reject("frame", "processing_error", f"{topic}: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # keep the worker alive; count, log, diagnostics
+                state = self.processing_errors.failure(f"{topic}: {type(exc).__name__}: {exc}")
+                if self._throttle.ready("processing_error"):
+                    self.get_logger().error(f"frame processing failed ({state.in_a_row} in a "
+                                            f"row, {state.total} in all): {state.last}")
+            else:
+                self.processing_errors.success()
 
     def _process(self, cam: Camera, msg: Image, received: float,
                  boxes_msg: GroundedObjectArray | None) -> None:

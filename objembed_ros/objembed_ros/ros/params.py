@@ -21,6 +21,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from objembed_ros.accel.backends import BACKENDS
+from objembed_ros.core.resize import parse_size
 from objembed_ros.core.tracking import TrackerParams
 from objembed_ros.encoder.preprocess import PREPROCESS_CHOICES
 from objembed_ros.grounder import DTYPES, PROPOSERS, GrounderConfig
@@ -33,6 +34,8 @@ DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 APPLIED_ON_CONFIGURE = (
     "checkpoint", "proposer", "wedetect_checkpoint", "num_proposals", "device", "dtype",
     "attn", "max_boxes", "frame_cache_size", "text_cache_size", "preprocess",
+    "projector_backend", "engine_cache_dir", "engine_resolutions", "allow_engine_build",
+    "text_cuda_graphs",
 )
 
 
@@ -72,9 +75,15 @@ PARAMETERS: tuple[Param, ...] = (
     Param("engine_cache_dir", "", ParameterType.PARAMETER_STRING,
            "Folder of ONNX exports and TensorRT engines (keyed by model, grid, GPU, TensorRT "
            "version and precision); empty: ~/.cache/objembed_ros/engines. On configure."),
-    Param("allow_engine_build", True, ParameterType.PARAMETER_BOOL,
-           "Export/build a missing or stale ONNX graph or engine on first use of a camera "
-           "resolution; false: such a frame fails with the build command to run. On configure."),
+    Param("engine_resolutions", [], ParameterType.PARAMETER_STRING_ARRAY,
+           "Camera resolutions 'WxH' (e.g. '1280x720') whose projector graphs/engines are "
+           "prepared on configure (projector_backend onnxruntime/tensorrt). Frames of any other "
+           "resolution run the projector in torch (warned once); nothing is exported or built "
+           "on a frame. On configure."),
+    Param("allow_engine_build", False, ParameterType.PARAMETER_BOOL,
+           "On configure, export/build a missing or stale ONNX graph or TensorRT engine for "
+           "engine_resolutions (TensorRT: minutes); false: configure fails with the "
+           "model/build_engines.py command that builds it. On configure."),
     Param("text_cuda_graphs", False, ParameterType.PARAMETER_BOOL,
            "CUDA only: replay captured CUDA graphs for the text pass. On configure."),
     Param("preprocess", "auto", ParameterType.PARAMETER_STRING,
@@ -203,6 +212,14 @@ def descriptor(p: Param) -> ParameterDescriptor:
     return d
 
 
+def _all_sizes(texts: list[str]) -> bool:
+    try:
+        [parse_size(t) for t in texts]
+    except ValueError:
+        return False
+    return True
+
+
 def validate_settings(values: dict[str, Any]) -> str | None:
     """Why these parameter values cannot work together, or None (ranges are checked by the
     descriptors; this checks choices and cross-parameter rules)."""
@@ -225,6 +242,8 @@ def validate_settings(values: dict[str, Any]) -> str | None:
          "camera_info_topics must be empty or as long as image_topics"),
         (all(q.strip() for q in values["standing_queries"]),
          "standing_queries must not contain empty queries"),
+        (_all_sizes(values["engine_resolutions"]),
+         "engine_resolutions must be sizes 'WxH' such as '1280x720'"),
     ]
     for ok, reason in checks:
         if not ok:
@@ -267,7 +286,8 @@ def grounder_config(v: dict[str, Any]) -> GrounderConfig:
              "dtype", "attn", "max_boxes", "text_cache_size", "frame_cache_size",
              "max_query_tokens", "projector_backend", "engine_cache_dir",
              "allow_engine_build", "text_cuda_graphs", "preprocess")
-    return GrounderConfig(**{n: v[n] for n in names})
+    return GrounderConfig(**{n: v[n] for n in names},
+                          engine_resolutions=tuple(parse_size(t) for t in v["engine_resolutions"]))
 
 
 # Parameters whose change resets the tracks and aborts running locks.

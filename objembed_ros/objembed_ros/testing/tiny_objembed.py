@@ -67,14 +67,28 @@ _CORPUS = [
     "a rocket flag helmet astronaut plate spoon saucer green bottle window door car tree",
 ]
 
+# The split pattern of Qwen2/Qwen3 tokenizer.json files (pre_tokenizer.pretokenizers[0]).
+QWEN2_PRETOKENIZE_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                             r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
 
 def _train_tokenizer(vocab_size: int):
-    """A Qwen2-style byte-level BPE tokenizer (tokenizers library), special tokens last."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    """A Qwen2-style byte-level BPE tokenizer (tokenizers library), special tokens last.
+
+    The pre-tokenizer is the one in Qwen's own tokenizer.json (the Qwen2 split pattern, then
+    byte-level without its GPT-2 regex): digits split one by one, so "Object 10" is
+    "Object", " ", "1", "0". transformers 5.x's Qwen2Tokenizer rebuilds exactly this
+    pre-tokenizer whatever the file says, so any other choice here would tokenize
+    differently under 4.57 and 5.x.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
