@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from objembed_ros.core.boxes import repair_boxes, request_indices
+from objembed_ros.core.boxes import repair_boxes
 
 
 def test_each_box_gets_an_exact_status() -> None:
@@ -41,13 +41,3 @@ def test_zero_area_after_clipping_is_named() -> None:
 def test_empty_input() -> None:
     kept, index, status = repair_boxes([], 10, 10)
     assert kept.shape == (0, 4) and index.size == 0 and status == []
-
-
-def test_request_indices_map_scored_boxes_back_to_request_rows() -> None:
-    kept = np.array([[0, 0, 5, 5], [1, 1, 4, 4], [0, 0, 5, 5]], np.float64)
-    kept_index = np.array([2, 5, 7])  # rows 0, 1, 3, 4, 6 of the request were refused
-    # the grounder reports no index (-1): matched by coordinates, duplicates once each
-    scored = [(1.0, 1.0, 4.0, 4.0), (0.0, 0.0, 5.0, 5.0), (0.0, 0.0, 5.0, 5.0)]
-    assert request_indices(scored, [-1, -1, -1], kept, kept_index) == [5, 2, 7]
-    # the grounder reports its own index among the kept boxes
-    assert request_indices(scored, [1, 2, 0], kept, kept_index) == [5, 7, 2]

@@ -119,6 +119,17 @@ def test_top_k_min_score_and_supplied_boxes(grounder: Grounder, small_photo: np.
     assert [o.proposal_index for o in supplied] == [-1, -1]
     assert [(o.box, o.score, o.cosine) for o in supplied] == \
         [(o.box, o.score, o.cosine) for o in direct]
+    # supplied_index is the row in the given boxes, also for a repeated box; rows repeat the
+    # direct encoding's proposal_index (same boxes, same order)
+    assert [o.supplied_index for o in supplied] == [o.proposal_index for o in direct]
+    repeated = np.stack([BOXES[1], BOXES[2], BOXES[1]])
+    objects = grounder.ground_boxes(["a person"], frame, repeated)[0].objects
+    direct = grounder.ground(["a person"], grounder.encode_frame(
+        small_photo, 5, "other", boxes=repeated))[0].objects
+    assert sorted(o.supplied_index for o in objects) == [0, 1, 2]
+    assert [(o.supplied_index, o.score) for o in objects] == \
+        [(o.proposal_index, o.score) for o in direct]
+    assert all(o.box == tuple(repeated[o.supplied_index].tolist()) for o in objects)
 
 
 def test_bad_queries_and_boxes(grounder: Grounder, small_photo: np.ndarray) -> None:

@@ -136,27 +136,3 @@ def repair_boxes(boxes: object, width: int, height: int) -> tuple[np.ndarray, np
         index.append(i)
     kept_arr = np.asarray(kept, dtype=np.float64).reshape(-1, 4)
     return kept_arr, np.asarray(index, dtype=np.int64), status
-
-
-def request_indices(scored_boxes: list[tuple[float, ...]], scored_index: list[int],
-                    kept: np.ndarray, kept_index: np.ndarray) -> list[int]:
-    """The request row of each scored supplied box (GroundedObject.proposal_index).
-
-    scored_index: the index the grounder reports for each scored box among the boxes it was
-    given (`kept`), or -1 when it reports none; then the box is matched to the first unused
-    kept box with the same float32 coordinates. That match is exact unless a request repeats
-    a box: repeated boxes can score differently (object tokens share one sequence), and only
-    an index from the grounder tells them apart.
-    """
-    kept32 = np.asarray(kept, dtype=np.float32).reshape(-1, 4)
-    used = np.zeros(len(kept32), dtype=bool)
-    out: list[int] = []
-    for box, idx in zip(scored_boxes, scored_index, strict=True):
-        if idx < 0:
-            same = np.flatnonzero((kept32 == np.asarray(box, np.float32)).all(axis=1) & ~used)
-            if same.size == 0:
-                raise ValueError(f"scored box {box} is none of the supplied boxes")
-            idx = int(same[0])
-        used[idx] = True
-        out.append(int(kept_index[idx]))
-    return out

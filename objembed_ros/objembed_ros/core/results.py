@@ -28,6 +28,7 @@ class GroundedBox:
     proposal_score: float = math.nan  # the proposal source's confidence; NaN if none
     position: Position3D | None = None  # None: 3D not attempted for this result
     track_id: int = -1  # core.tracking: confirmed track of a standing query; -1 not tracked
+    supplied_index: int = -1  # row in the boxes given to Grounder.ground_boxes; -1 otherwise
 
 
 @dataclass(frozen=True)

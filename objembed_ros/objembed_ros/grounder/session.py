@@ -273,8 +273,9 @@ class Grounder:
                      top_k: int = 0, min_score: float = 0.0, deadline: float | None = None,
                      with_image_score: bool = False) -> list[GroundingResult]:
         """Score caller-supplied boxes: one image pass (a request pass) on the cached
-        frame's pixels; the objects carry proposal_index -1. with_image_score: as ground()
-        (the whole-frame match of the cached frame)."""
+        frame's pixels; the objects carry proposal_index -1 and supplied_index, their row in
+        ``boxes`` (exact even when a box repeats). with_image_score: as ground() (the
+        whole-frame match of the cached frame)."""
         _check_min_score(min_score)
         queries = self.check_queries(texts)
         props = self.supplied.propose(frame.rgb, boxes)
@@ -318,6 +319,7 @@ class Grounder:
                     score=float(row[i]), similarity=float(s.similarity[qi, i]),
                     iou=float(s.iou[qi, i]), cosine=float(s.cosine[qi, i]),
                     proposal_index=int(i) if proposal_index else -1,
+                    supplied_index=-1 if proposal_index else int(i),
                     proposal_score=float(frame.proposal_scores[i]),
                 ) for i in order]
             results.append(GroundingResult(

@@ -25,7 +25,7 @@ from rclpy.parameter import Parameter
 from rclpy.task import Future
 
 from objembed_msgs.srv import FindImage, Ground, Recall, SetQueries
-from objembed_ros.core.boxes import repair_boxes, request_indices
+from objembed_ros.core.boxes import repair_boxes
 from objembed_ros.core.errors import InputError, ModelBusy, ModelFailure, ModelNotReady
 from objembed_ros.core.frames import Stamped, stamp_to_ns
 from objembed_ros.core.selection import (
@@ -299,10 +299,8 @@ class Services:
                                        min_score, deadline, with_image_score=True)
         out = []
         for result in scored:
-            index = request_indices([o.box for o in result.objects],
-                                    [o.proposal_index for o in result.objects], kept, kept_index)
-            objects = [replace(o, proposal_index=i)
-                       for o, i in zip(result.objects, index, strict=True)]
+            objects = [replace(o, proposal_index=int(kept_index[o.supplied_index]))
+                       for o in result.objects]
             out.append(self.node.inputs.with_positions(replace(result, objects=objects), frame))
         return out
 
