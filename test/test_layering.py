@@ -23,9 +23,13 @@ FORBIDDEN_INTERNAL = {
     "accel": {"grounder", "ros", "testing", "cli", "demo"},
     "grounder": {"ros", "testing", "cli", "demo"},
     "cli": {"ros", "testing", "demo"},
+    # the node's and the replay's output messages, filled through a message factory
+    "msgfill": {"encoder", "proposals", "accel", "grounder", "memory", "ros", "replay",
+                "testing", "cli", "demo"},
 }
-NO_TORCH = {"core"}  # grounder: torch only in grounder.build, on use (see the test below)
-NO_ROS = {"core", "encoder", "proposals", "accel", "grounder", "cli"}
+# grounder: torch only in grounder.build, on use (see the test below)
+NO_TORCH = {"core", "msgfill"}
+NO_ROS = {"core", "encoder", "proposals", "accel", "grounder", "cli", "msgfill"}
 # objembed_ros.ros is imported by ros itself and by demo (which starts the real node and
 # talks to it: the one application module above the node); by nothing else.
 MAY_IMPORT_ROS_PACKAGE = {"ros", "demo"}
@@ -101,7 +105,8 @@ def test_session_imports_no_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, objembed_ros.grounder, objembed_ros.core.overlay, objembed_ros.cli; "
+    code = ("import sys, objembed_ros.grounder, objembed_ros.core.overlay, objembed_ros.cli, "
+            "objembed_ros.msgfill; "
             "print(sorted(m for m in ('torch', 'rclpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
@@ -150,3 +155,7 @@ def test_the_checker_sees_violations() -> None:
         "cli -> testing (objembed_ros.testing.tiny_objembed)"]
     assert violations("objembed_ros.memory.store", {"objembed_ros.ros.convert"}) == [
         "memory -> ros (objembed_ros.ros.convert)"]
+    assert violations("objembed_ros.msgfill", {"visualization_msgs.msg", "torch",
+                                               "objembed_ros.replay.messages"}) == [
+        "msgfill -> ROS (visualization_msgs.msg)",
+        "msgfill -> replay (objembed_ros.replay.messages)", "msgfill -> torch (torch)"]

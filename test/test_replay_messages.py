@@ -1,7 +1,9 @@
-"""Replay's ROS-free messages against ROS itself: rosidl's type hashes, the node's rclpy
-conversions (CDR bytes), and pixel decoding against hand-built message payloads."""
+"""Replay's ROS-free messages against ROS itself: rosidl's type hashes, the .msg defaults, the
+node's outputs (msgfill through rclpy and through rosbags CDR) against hand-written rclpy
+messages, and pixel decoding against hand-built message payloads."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -13,9 +15,9 @@ import pytest
 from PIL import Image as PILImage
 
 from objembed_ros.core.depth import Position3D
-from objembed_ros.core.results import QUERY_TEXT, GroundedBox, GroundingResult
+from objembed_ros.core.results import QUERY_IMAGE, QUERY_TEXT, GroundedBox, GroundingResult
 from objembed_ros.replay import messages as m
-from objembed_ros.testing.recording import header_at
+from objembed_ros.testing.recording import FRAME_ID, header_at
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +25,13 @@ def msgs() -> m.Messages:
     return m.Messages(m.make_typestore())
 
 
-def _result(query: str) -> GroundingResult:
+def _result(query: str, size: tuple[float, float, float] = (0.3, 0.4, 0.05)) -> GroundingResult:
     objects = [
         GroundedBox((10.0, 20.5, 110.0, 220.25), 0.61, 0.8, 0.7625, 0.31, 3, 0.9,
-                    Position3D(True, "ok", (0.1, -0.2, 1.5), (0.3, 0.4, 0.05), 412)),
+                    Position3D(True, "ok", (0.1, -0.2, 1.5), size, 412)),
         GroundedBox((0.0, 0.0, 5.0, 5.0), 0.2, 0.4, 0.5, -0.1, 7, math.nan,
                     Position3D.invalid("no_valid_depth", 2)),
-        GroundedBox((1.0, 2.0, 3.0, 4.0), 0.1, 0.2, 0.5, 0.0, 9, 0.5, None),
+        GroundedBox((1.0, 2.0, 3.0, 4.0), 0.1, 0.2, 0.5, 0.0, 9, 0.5, None, track_id=12),
     ]
     return GroundingResult(query, QUERY_TEXT, "/camera/color/image_raw",
                            1_700_000_000_123_456_789, (640, 480), 42, objects, 0.25)
@@ -71,39 +73,146 @@ def ros_round_trip(msg: object) -> object:
     return deserialize_message(serialize_message(msg), type(msg))
 
 
-def test_groundings_are_filled_exactly_as_the_node_fills_them(msgs: m.Messages) -> None:
-    from rclpy.serialization import deserialize_message
+def _header(stamp_ns: int, frame_id: str) -> object:
     from std_msgs.msg import Header
+
+    header = Header(frame_id=frame_id)
+    header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    return header
+
+
+def _expected_array(query: str, header: object, image_query: bool) -> object:
+    """_result(query) as a GroundedObjectArray, written out by hand (fields not named: the
+    .msg defaults of rclpy's classes)."""
+    from geometry_msgs.msg import Point, Vector3
+
+    from objembed_msgs.msg import GroundedObject, GroundedObjectArray
+
+    label = "<image>" if image_query else query
+    return GroundedObjectArray(
+        header=header, query=query, query_type=1 if image_query else 0,
+        camera="/camera/color/image_raw", image_width=640, image_height=480, num_candidates=42,
+        image_score=0.25, objects=[
+            GroundedObject(x1=10.0, y1=20.5, x2=110.0, y2=220.25, score=0.61, similarity=0.8,
+                           iou=0.7625, cosine=0.31, label=label, proposal_index=3,
+                           proposal_score=0.9, position_valid=True, position_status="ok",
+                           depth_samples=412, position=Point(x=0.1, y=-0.2, z=1.5),
+                           size=Vector3(x=0.3, y=0.4, z=0.05), track_id=-1),
+            GroundedObject(x1=0.0, y1=0.0, x2=5.0, y2=5.0, score=0.2, similarity=0.4, iou=0.5,
+                           cosine=-0.1, label=label, proposal_index=7, proposal_score=math.nan,
+                           position_valid=False, position_status="no_valid_depth",
+                           depth_samples=2, track_id=-1),
+            GroundedObject(x1=1.0, y1=2.0, x2=3.0, y2=4.0, score=0.1, similarity=0.2, iou=0.5,
+                           cosine=0.0, label=label, proposal_index=9, proposal_score=0.5,
+                           position_valid=False, position_status="not_computed",
+                           depth_samples=0, track_id=12)])
+
+
+@pytest.mark.parametrize("query_type", [QUERY_TEXT, QUERY_IMAGE])
+def test_groundings_are_the_hand_written_messages(msgs: m.Messages, query_type: str) -> None:
+    """The node's GroundedObjectArray (rclpy) and the replay's (rosbags CDR), both filled by
+    msgfill, each equal the hand-written message as a subscriber sees it."""
+    from rclpy.serialization import deserialize_message
 
     from objembed_msgs.msg import GroundedObjectArray
     from objembed_ros.ros.convert import result_to_msg
 
-    result = _result("the red cup")
-    header = Header(frame_id="cam")
-    header.stamp.sec, header.stamp.nanosec = 1_700_000_000, 123_456_789
-    ours = msgs.serialize(msgs.grounded_array(result, header_at(msgs, 1_700_000_000_123_456_789,
-                                                                 "cam")))
-    assert_same_msg(deserialize_message(ours, GroundedObjectArray),
-                    ros_round_trip(result_to_msg(result, header)))
+    stamp = 1_700_000_000_123_456_789
+    result = dataclasses.replace(_result("the red cup"), query_type=query_type)
+    want = ros_round_trip(_expected_array("the red cup", _header(stamp, "cam"),
+                                          query_type == QUERY_IMAGE))
+    assert_same_msg(ros_round_trip(result_to_msg(result, _header(stamp, "cam"))), want)
+    ours = msgs.serialize(msgs.grounded_array(result, header_at(msgs, stamp, "cam")))
+    assert_same_msg(deserialize_message(ours, GroundedObjectArray), want)
 
 
-def test_markers_and_overlay_match_the_node(msgs: m.Messages) -> None:
+def _marker(header: object, kind: str, marker_id: int, xyz: tuple[float, float, float],
+            scale: tuple[float, float, float], rgba: tuple[float, float, float, float],
+            lifetime_ns: int, text: str = "") -> object:
+    """A hand-written cube ("boxes") or text ("labels") marker."""
+    from builtin_interfaces.msg import Duration
+    from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
+    from std_msgs.msg import ColorRGBA
+    from visualization_msgs.msg import Marker
+
+    sec, nanosec = divmod(lifetime_ns, 1_000_000_000)
+    return Marker(header=header, ns=f"objembed/{kind}", id=marker_id,
+                  type=1 if kind == "boxes" else 9, action=0,
+                  pose=Pose(position=Point(x=xyz[0], y=xyz[1], z=xyz[2]),
+                            orientation=Quaternion(x=0.0, y=0.0, z=0.0, w=1.0)),
+                  scale=Vector3(x=scale[0], y=scale[1], z=scale[2]),
+                  color=ColorRGBA(r=rgba[0], g=rgba[1], b=rgba[2], a=rgba[3]),
+                  lifetime=Duration(sec=sec, nanosec=nanosec), text=text)
+
+
+def _expected_markers(header: object, lifetime_ns: int, per_query: int) -> object:
+    """The markers of [_result("a cup"), _plate()] written out by hand: a DELETEALL, then per
+    query the first per_query objects with 3D (palette colours 0 and 1, cubes at alpha 0.5),
+    each a cube of its size (at least 1 cm) and a 6 cm label 3 cm + half the cube above it
+    (-y in the optical frame)."""
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    cup = (230 / 255, 25 / 255, 75 / 255)
+    plate = (60 / 255, 180 / 255, 75 / 255)
+    out = [Marker(action=3),
+           _marker(header, "boxes", 0, (0.1, -0.2, 1.5), (0.3, 0.4, 0.05), (*cup, 0.5),
+                   lifetime_ns),
+           _marker(header, "labels", 0, (0.1, -0.46, 1.5), (0.0, 0.0, 0.06), (*cup, 1.0),
+                   lifetime_ns, "a cup 0.61"),
+           _marker(header, "boxes", 1, (0.1, -0.2, 1.5), (0.3, 0.01, 0.05), (*plate, 0.5),
+                   lifetime_ns),
+           _marker(header, "labels", 1, (0.1, -0.265, 1.5), (0.0, 0.0, 0.06), (*plate, 1.0),
+                   lifetime_ns, "a plate 0.61")]
+    if per_query > 1:
+        out += [_marker(header, "boxes", 2, (-0.5, 0.25, 2.0), (0.01, 0.01, 0.01),
+                        (*plate, 0.5), lifetime_ns),
+                _marker(header, "labels", 2, (-0.5, 0.185, 2.0), (0.0, 0.0, 0.06),
+                        (*plate, 1.0), lifetime_ns, "a plate 0.05")]
+    return MarkerArray(markers=out)
+
+
+def _plate() -> GroundingResult:
+    """_result("a plate") with a flat first object and a second, point-sized one with 3D."""
+    result = _result("a plate", size=(0.3, 0.0, 0.05))
+    point = GroundedBox((50.0, 60.0, 70.0, 80.0), 0.05, 0.1, 0.5, 0.0, 11, 0.3,
+                        Position3D(True, "ok", (-0.5, 0.25, 2.0), (0.0, 0.0, 0.0), 30))
+    return dataclasses.replace(result, objects=[*result.objects, point])
+
+
+def test_markers_are_the_hand_written_ones_and_overlay_matches_the_node(
+        msgs: m.Messages) -> None:
     from rclpy.serialization import deserialize_message
     from visualization_msgs.msg import MarkerArray
 
-    from objembed_msgs.msg import GroundedObjectArray
     from objembed_ros.ros import viz
+    from objembed_ros.ros.convert import result_to_msg
 
-    assert (m.MIN_MARKER_SIZE, m.TEXT_HEIGHT) == (viz.MIN_MARKER_SIZE, viz.TEXT_HEIGHT)
-    header = header_at(msgs, 5_000_000_123)
-    ours = [msgs.grounded_array(_result(q), header) for q in ("a cup", "a plate")]
-    theirs = [deserialize_message(msgs.serialize(a), GroundedObjectArray) for a in ours]
-    for lifetime, n in ((0.5, 5), (1.25, 1)):
+    stamp = 5_000_000_123
+    results = [_result("a cup"), _plate()]
+    ours = [msgs.grounded_array(r, header_at(msgs, stamp)) for r in results]
+    theirs = [result_to_msg(r, _header(stamp, FRAME_ID)) for r in results]
+    for lifetime, n, lifetime_ns, count in ((0.5, 5, 500_000_000, 7),
+                                            (1.25, 1, 1_250_000_000, 5)):
+        want = ros_round_trip(_expected_markers(_header(stamp, FRAME_ID), lifetime_ns, n))
         got = deserialize_message(msgs.serialize(msgs.markers(ours, lifetime, n)), MarkerArray)
-        assert len(got.markers) == 5  # DELETEALL + cube and label of 1 valid object x 2
-        assert_same_msg(got, ros_round_trip(viz.markers_for(theirs, lifetime, n)))
+        assert len(got.markers) == count  # DELETEALL + cube and label per object shown
+        assert_same_msg(got, want)
+        assert_same_msg(ros_round_trip(viz.markers_for(theirs, lifetime, n)), want)
     rgb = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     np.testing.assert_array_equal(m.render_overlay(rgb, ours, 5), viz.draw_overlay(rgb, theirs, 5))
+
+
+def test_msgfill_constants_are_the_msg_files_constants() -> None:
+    from visualization_msgs.msg import Marker
+
+    from objembed_msgs.msg import GroundedObjectArray
+    from objembed_ros import msgfill
+
+    assert (msgfill.GROUNDED_QUERY_TEXT, msgfill.GROUNDED_QUERY_IMAGE) == (
+        GroundedObjectArray.QUERY_TEXT, GroundedObjectArray.QUERY_IMAGE)
+    assert (msgfill.MARKER_ADD, msgfill.MARKER_DELETEALL, msgfill.MARKER_CUBE,
+            msgfill.MARKER_TEXT_VIEW_FACING) == (
+        Marker.ADD, Marker.DELETEALL, Marker.CUBE, Marker.TEXT_VIEW_FACING)
 
 
 @pytest.mark.parametrize("typename", [

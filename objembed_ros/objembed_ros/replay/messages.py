@@ -1,9 +1,9 @@
 """ROS messages without rclpy: the rosbags typestore, pixel decoding and the node's outputs.
 
 Recordings are read and written with `rosbags` (pure Python CDR), so nothing here imports
-rclpy. The objembed_msgs types are registered from their .msg files. Outputs are filled
-field for field as the node fills them (ros/convert.result_to_msg, ros/viz.markers_for);
-test/test_replay_messages.py checks the CDR bytes against the node's rclpy functions.
+rclpy. The objembed_msgs types are registered from their .msg files. Outputs are filled by
+msgfill.py, which fills the node's too, with Messages.new as the message factory;
+test/test_replay_messages.py checks the CDR bytes against hand-written rclpy messages.
 
 Colour images: sensor_msgs/Image rgb8, bgr8, rgba8, bgra8, mono8 (step and is_bigendian
 honoured) and sensor_msgs/CompressedImage (any format PIL decodes: jpeg, png) -> HxWx3 uint8
@@ -12,7 +12,6 @@ RGB. Depth: 16UC1/mono16 millimetres or 32FC1 metres -> float32 metres (NaN = no
 from __future__ import annotations
 
 import io
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -25,7 +24,8 @@ from objembed_ros.core import overlay
 from objembed_ros.core.depth import camera_info_intrinsics, depth_to_metres  # noqa: F401
 from objembed_ros.core.frames import stamp_to_ns
 from objembed_ros.core.image_msg import ImageConversionError, image_to_depth, image_to_rgb
-from objembed_ros.core.results import QUERY_IMAGE, GroundedBox, GroundingResult
+from objembed_ros.core.results import GroundingResult
+from objembed_ros.msgfill import grounded_array, markers
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -39,10 +39,6 @@ MSG_DEFAULTS: dict[str, dict[str, Any]] = {
     "geometry_msgs/msg/Quaternion": {"w": 1.0},
     "objembed_msgs/msg/GroundedObject": {"track_id": -1},
 }
-# The node's marker look (ros/viz.py, which imports rclpy; a test keeps the two equal);
-# per-query colours come from the one palette, core/overlay.colour.
-MIN_MARKER_SIZE = 0.01
-TEXT_HEIGHT = 0.06
 
 
 # An image message replay cannot use; `reason` is a short code for the report (the node's
@@ -116,76 +112,12 @@ class Messages:
     # -- the node's outputs ------------------------------------------------------------------
     def grounded_array(self, result: GroundingResult, header: Any) -> Any:
         """One query's result -> GroundedObjectArray with the source header unchanged."""
-        is_image = result.query_type == QUERY_IMAGE
-        label = "<image>" if is_image else result.query
-        return self.new(
-            GROUNDED_OBJECT_ARRAY, header=header, query=result.query,
-            query_type=1 if is_image else 0, camera=result.camera,
-            image_width=int(result.image_size[0]), image_height=int(result.image_size[1]),
-            num_candidates=int(result.num_candidates), image_score=float(result.image_score),
-            objects=[self._grounded_object(o, label) for o in result.objects])
-
-    def _grounded_object(self, obj: GroundedBox, label: str) -> Any:
-        pos = obj.position
-        extra: dict[str, Any] = {"position_status": "not_computed"}
-        if pos is not None:
-            extra = {"position_valid": bool(pos.valid), "position_status": pos.status,
-                     "depth_samples": int(pos.samples)}
-            if pos.valid:
-                extra["position"] = self.new("geometry_msgs/msg/Point", x=pos.xyz[0],
-                                             y=pos.xyz[1], z=pos.xyz[2])
-                extra["size"] = self.new("geometry_msgs/msg/Vector3", x=pos.size[0],
-                                         y=pos.size[1], z=pos.size[2])
-        return self.new(
-            "objembed_msgs/msg/GroundedObject", x1=float(obj.box[0]), y1=float(obj.box[1]),
-            x2=float(obj.box[2]), y2=float(obj.box[3]), score=float(obj.score),
-            similarity=float(obj.similarity), iou=float(obj.iou), cosine=float(obj.cosine),
-            label=label, proposal_index=int(obj.proposal_index),
-            proposal_score=float(obj.proposal_score), **extra)
+        return grounded_array(self.new, result, header)
 
     def markers(self, arrays: Sequence[Any], lifetime_s: float, max_per_query: int) -> Any:
         """Cube + label markers for objects with a valid 3D position, after a DELETEALL
         (the node's ~/markers)."""
-        marker = "visualization_msgs/msg/Marker"
-        out = [self.new(marker, action=3)]  # DELETEALL
-        seconds = max(float(lifetime_s), 0.0)
-        sec = int(math.floor(seconds))
-        lifetime = self.new("builtin_interfaces/msg/Duration", sec=sec,
-                            nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
-        marker_id = 0
-        for qi, arr in enumerate(arrays):
-            r, g, b = (c / 255 for c in overlay.colour(qi))
-            shown = 0
-            for obj in arr.objects:
-                if not obj.position_valid or shown >= max_per_query:
-                    continue
-                shown += 1
-                scale = self.new("geometry_msgs/msg/Vector3",
-                                 x=max(obj.size.x, MIN_MARKER_SIZE),
-                                 y=max(obj.size.y, MIN_MARKER_SIZE),
-                                 z=max(obj.size.z, MIN_MARKER_SIZE))
-                cube_pose = self._pose(obj.position.x, obj.position.y, obj.position.z)
-                # optical frame: y points down, so "above" the object is -y
-                text_pose = self._pose(obj.position.x,
-                                       obj.position.y - scale.y / 2 - TEXT_HEIGHT,
-                                       obj.position.z)
-                out.append(self.new(
-                    marker, header=arr.header, ns="objembed/boxes", id=marker_id, type=1,
-                    action=0, pose=cube_pose, scale=scale, lifetime=lifetime,
-                    color=self.new("std_msgs/msg/ColorRGBA", r=r, g=g, b=b, a=0.5)))
-                out.append(self.new(
-                    marker, header=arr.header, ns="objembed/labels", id=marker_id, type=9,
-                    action=0, pose=text_pose, lifetime=lifetime,
-                    scale=self.new("geometry_msgs/msg/Vector3", z=TEXT_HEIGHT),
-                    color=self.new("std_msgs/msg/ColorRGBA", r=r, g=g, b=b, a=1.0),
-                    text=f"{obj.label} {obj.score:.2f}"))
-                marker_id += 1
-        return self.new(MARKER_ARRAY, markers=out)
-
-    def _pose(self, x: float, y: float, z: float) -> Any:
-        return self.new("geometry_msgs/msg/Pose",
-                        position=self.new("geometry_msgs/msg/Point", x=x, y=y, z=z),
-                        orientation=self.new("geometry_msgs/msg/Quaternion", w=1.0))
+        return markers(self.new, arrays, lifetime_s, max_per_query)
 
     def rgb_image(self, rgb: np.ndarray, header: Any) -> Any:
         """HxWx3 uint8 -> sensor_msgs/Image rgb8 with the given header."""

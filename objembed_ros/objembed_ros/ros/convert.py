@@ -2,14 +2,18 @@
 
 Image decoding (check_image, image_to_rgb, image_to_depth, ImageConversionError) is
 core/image_msg.py, shared with objembed-replay; it is re-exported here under the same names.
+GroundedObject(Array) are filled by msgfill.py (shared with objembed-replay) through
+new_msg, the rclpy message factory.
 """
 from __future__ import annotations
 
 import array
+import functools
+import importlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from geometry_msgs.msg import Point, Vector3
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
@@ -25,12 +29,20 @@ from objembed_ros.core.image_msg import (  # noqa: F401  the node's names for th
     image_to_depth,
     image_to_rgb,
 )
-from objembed_ros.core.results import (
-    QUERY_IMAGE,
-    FrameMatchResult,
-    GroundedBox,
-    GroundingResult,
-)
+from objembed_ros.core.results import FrameMatchResult, GroundedBox, GroundingResult
+from objembed_ros.msgfill import grounded_array, grounded_object
+
+
+@functools.cache
+def _msg_class(typename: str) -> type:
+    package, interface, name = typename.split("/")
+    return getattr(importlib.import_module(f"{package}.{interface}"), name)
+
+
+def new_msg(typename: str, /, **fields: Any) -> Any:
+    """The rclpy message of a ROS type name ("geometry_msgs/msg/Point") with the given fields
+    (the others: the .msg defaults): msgfill's message factory on the node's side."""
+    return _msg_class(typename)(**fields)
 
 
 def rgb_to_image(rgb: np.ndarray, header: Header | None = None,
@@ -106,38 +118,12 @@ def external_boxes(msg: GroundedObjectArray) -> tuple[np.ndarray, np.ndarray]:
 
 def object_to_msg(obj: GroundedBox, label: str) -> GroundedObject:
     """One grounded box -> GroundedObject (3D fields from obj.position, track_id kept)."""
-    out = GroundedObject(
-        x1=float(obj.box[0]), y1=float(obj.box[1]), x2=float(obj.box[2]), y2=float(obj.box[3]),
-        score=float(obj.score), similarity=float(obj.similarity), iou=float(obj.iou),
-        cosine=float(obj.cosine), label=label, proposal_index=int(obj.proposal_index),
-        proposal_score=float(obj.proposal_score), track_id=int(obj.track_id),
-    )
-    pos = obj.position
-    if pos is None:
-        out.position_status = "not_computed"
-    else:
-        out.position_valid = bool(pos.valid)
-        out.position_status = pos.status
-        out.depth_samples = int(pos.samples)
-        if pos.valid:
-            out.position = Point(x=pos.xyz[0], y=pos.xyz[1], z=pos.xyz[2])
-            out.size = Vector3(x=pos.size[0], y=pos.size[1], z=pos.size[2])
-    return out
+    return grounded_object(new_msg, obj, label)
 
 
 def result_to_msg(result: GroundingResult, header: Header) -> GroundedObjectArray:
     """One query's result -> GroundedObjectArray with the source image's header unchanged."""
-    is_image = result.query_type == QUERY_IMAGE
-    msg = GroundedObjectArray(
-        header=header, query=result.query,
-        query_type=GroundedObjectArray.QUERY_IMAGE if is_image else GroundedObjectArray.QUERY_TEXT,
-        camera=result.camera, image_width=int(result.image_size[0]),
-        image_height=int(result.image_size[1]), num_candidates=int(result.num_candidates),
-        image_score=float(result.image_score),
-    )
-    label = "<image>" if is_image else result.query
-    msg.objects = [object_to_msg(o, label) for o in result.objects]
-    return msg
+    return grounded_array(new_msg, result, header)
 
 
 def frame_match_to_msg(match: FrameMatchResult, header: Header) -> FrameMatch:

@@ -1,13 +1,12 @@
 """Visual debugging output, apart from inference: rviz markers for grounded objects with 3D,
 and a 2D overlay image (drawn by the one renderer, core.overlay). The node calls these only
-when someone subscribes."""
+when someone subscribes. The groundings' markers are filled by msgfill.markers, shared with
+objembed-replay."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
-from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import Point
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
@@ -15,60 +14,17 @@ from visualization_msgs.msg import Marker, MarkerArray
 from objembed_msgs.msg import GroundedObjectArray, MemoryEntry
 from objembed_ros.core import overlay
 from objembed_ros.core.overlay import colour
+from objembed_ros.msgfill import TEXT_HEIGHT, duration, markers
+from objembed_ros.ros.convert import new_msg
 
 __all__ = ["clear_markers", "colour", "draw_overlay", "markers_for", "memory_markers"]
-
-MIN_MARKER_SIZE = 0.01  # metres: rviz hides zero-thickness cubes
-TEXT_HEIGHT = 0.06  # metres
-
-
-def _duration(seconds: float) -> Duration:
-    seconds = max(float(seconds), 0.0)
-    sec = int(math.floor(seconds))
-    return Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
 
 
 def markers_for(arrays: Sequence[GroundedObjectArray], lifetime_s: float,
                 max_per_query: int = 5, delete_all: bool = True) -> MarkerArray:
-    """Cube + label markers for every object with a valid 3D position.
-
-    Each array's header (the source image's) is the markers' header, so rviz places them
-    with the camera pose at capture time. A DELETEALL first clears the previous frame's
-    markers, and a lifetime makes markers vanish when frames stop arriving.
-    """
-    out = MarkerArray()
-    if delete_all:
-        out.markers.append(Marker(action=Marker.DELETEALL))
-    lifetime = _duration(lifetime_s)
-    marker_id = 0
-    for qi, arr in enumerate(arrays):
-        r, g, b = colour(qi)
-        rgba = ColorRGBA(r=r / 255, g=g / 255, b=b / 255, a=0.5)
-        shown = 0
-        for obj in arr.objects:
-            if not obj.position_valid or shown >= max_per_query:
-                continue
-            shown += 1
-            cube = Marker(header=arr.header, ns="objembed/boxes", id=marker_id,
-                          type=Marker.CUBE, action=Marker.ADD, lifetime=lifetime, color=rgba)
-            cube.pose.position = obj.position
-            cube.pose.orientation.w = 1.0
-            cube.scale.x = max(obj.size.x, MIN_MARKER_SIZE)
-            cube.scale.y = max(obj.size.y, MIN_MARKER_SIZE)
-            cube.scale.z = max(obj.size.z, MIN_MARKER_SIZE)
-            text = Marker(header=arr.header, ns="objembed/labels", id=marker_id,
-                          type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, lifetime=lifetime,
-                          color=ColorRGBA(r=r / 255, g=g / 255, b=b / 255, a=1.0),
-                          text=f"{obj.label} {obj.score:.2f}")
-            text.pose.position.x = obj.position.x
-            # optical frame: y points down, so "above" the object is -y
-            text.pose.position.y = obj.position.y - cube.scale.y / 2 - TEXT_HEIGHT
-            text.pose.position.z = obj.position.z
-            text.pose.orientation.w = 1.0
-            text.scale.z = TEXT_HEIGHT
-            out.markers += [cube, text]
-            marker_id += 1
-    return out
+    """Cube + label markers for the objects with a valid 3D position, after a DELETEALL
+    (~/markers): msgfill.markers with rclpy messages."""
+    return markers(new_msg, arrays, lifetime_s, max_per_query, delete_all)
 
 
 def memory_markers(entries: Sequence[MemoryEntry], fixed_frame: str, lifetime_s: float,
@@ -81,7 +37,7 @@ def memory_markers(entries: Sequence[MemoryEntry], fixed_frame: str, lifetime_s:
     with the camera pose at that time. A DELETEALL first clears the previous answer.
     """
     out = MarkerArray(markers=[Marker(action=Marker.DELETEALL)])
-    lifetime = _duration(lifetime_s)
+    lifetime = duration(new_msg, lifetime_s)
     for i, e in enumerate(e for e in entries if e.position_valid):
         r, g, b = colour(i)
         header = Header(frame_id=e.position_frame)
