@@ -19,8 +19,8 @@ from objembed_ros.core.memory import ObjectEntry, ObjectMemory, RecallHit
 from objembed_ros.core.results import GroundedBox, GroundingResult
 from objembed_ros.core.transforms import RigidTransform, TransformBuffer, TransformLookupError
 from objembed_ros.grounder import CachedFrame
+from objembed_ros.ros.params import PARAMETERS
 from objembed_ros.ros.recall import (
-    PARAMETERS,
     MemoryService,
     check_recall_request,
     entry_to_msg,

@@ -49,6 +49,7 @@ plus the queries of running ~/lock_on goals, tracks their objects (core/tracking
 publishes the standing queries' results with their track ids on ~/groundings (and
 ~/detections), then advances the locks (ros/lock_on.LockOnServer). A tracking parameter
 change drops the tracks and aborts running locks; deactivate and cleanup abort them too.
+ros/node_tracking.py holds this wiring (as ros/node_memory.py holds the object memory's).
 """
 from __future__ import annotations
 
@@ -74,14 +75,13 @@ from objembed_msgs.srv import FindImage, Ground, Recall, SetQueries
 from objembed_ros.core.errors import InputError
 from objembed_ros.core.frames import LatestMailbox
 from objembed_ros.core.stats import FailureStreak, LatencyWindow, ReasonCounter, Throttle
-from objembed_ros.core.tracking import TrackedFrame, Tracking
 from objembed_ros.grounder import CachedFrame, Grounder, GroundingResult
 from objembed_ros.ros import convert, params
 from objembed_ros.ros.diagnostics import node_status
 from objembed_ros.ros.inputs import Camera, FrameMeta, Inputs, Job
 from objembed_ros.ros.launcher import die_with_parent, exit_now, stop_on_signals
-from objembed_ros.ros.lock_on import LockOnServer
 from objembed_ros.ros.node_memory import NodeMemory
+from objembed_ros.ros.node_tracking import NodeTracking
 from objembed_ros.ros.outputs import Outputs
 from objembed_ros.ros.recall import MemoryService
 from objembed_ros.ros.services import Services
@@ -155,7 +155,7 @@ class GroundingNode(LifecycleNode):
         self.create_timer(float(self.get_parameter("diagnostics_period").value),
                           self._publish_diagnostics, callback_group=timers)
         self.outputs = Outputs(self)
-        self._create_tracking()
+        self.tracking = NodeTracking(self)  # tracks + ~/lock_on (tracking_enabled)
 
     # ------------------------------------------------------------------ extension point
     def add_frame_consumer(self, consumer: FrameConsumer) -> None:
@@ -165,46 +165,6 @@ class GroundingNode(LifecycleNode):
 
     def remove_frame_consumer(self, consumer: FrameConsumer) -> None:
         self._consumers = [c for c in self._consumers if c is not consumer]
-
-    # ------------------------------------------------------------------ tracking, lock-on
-    def _create_tracking(self) -> None:
-        values = params.values(self)
-        self._tracking_lock = threading.Lock()  # worker's update vs a parameter reset
-        self.tracking = Tracking(params.tracker_params(values))
-        self.lock_on = LockOnServer(
-            self, ReentrantCallbackGroup(), cameras=lambda: list(self.inputs.cameras),
-            unavailable=self._lock_unavailable,
-            default_lost_after=values["lock_lost_after"],
-            reacquire_min_cosine=values["lock_reacquire_min_cosine"],
-            max_locks=values["lock_max_goals"])
-
-    def _tracking_enabled(self) -> bool:
-        return bool(self.get_parameter("tracking_enabled").value)
-
-    def _lock_unavailable(self) -> str:
-        if not self._tracking_enabled():
-            return "tracking disabled (parameter tracking_enabled)"
-        refusal = self.refusal()
-        return refusal[1] if refusal is not None else ""
-
-    def _tracking_changed(self) -> None:
-        """Drop every track (ids stay unique) and abort the locks: they follow old tracks."""
-        values = params.values(self)
-        with self._tracking_lock:
-            self.tracking.reset(params.tracker_params(values))
-        self.lock_on.default_lost_after = float(values["lock_lost_after"])
-        self.lock_on.reacquire_min_cosine = float(values["lock_reacquire_min_cosine"])
-        self.lock_on.max_locks = int(values["lock_max_goals"])
-        self.lock_on.abort_all("tracking parameters changed")
-
-    def _track(self, camera: str, frame: CachedFrame,
-               results: list[GroundingResult]) -> TrackedFrame | None:
-        """Track this frame's results (standing + locked queries); None when disabled."""
-        if not self._tracking_enabled():
-            return None
-        with self._tracking_lock:
-            return self.tracking.update(camera, frame.stamp_ns, results,
-                                        frame.object_embeddings)
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, changed: list[Parameter]) -> SetParametersResult:
@@ -225,8 +185,7 @@ class GroundingNode(LifecycleNode):
                 self.standing = [q.strip() for q in p.value]
             elif p.name == "max_query_tokens" and self.grounder is not None:
                 self.grounder.config.max_query_tokens = int(p.value)
-        if any(p.name in params.TRACKING_PARAMETERS for p in changed):
-            self._tracking_changed()
+        self.tracking.parameters_changed([p.name for p in changed])
 
     # ------------------------------------------------------------------ lifecycle
     def refusal(self) -> tuple[str, str] | None:
@@ -292,7 +251,7 @@ class GroundingNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._deactivate("node deactivated")
-        self.lock_on.abort_all("deactivated")
+        self.tracking.lock_on.abort_all("deactivated")
         self.outputs.clear_markers()
         return super().on_deactivate(state)
 
@@ -305,13 +264,12 @@ class GroundingNode(LifecycleNode):
             self.inputs.clear_pending()
             if self.grounder is not None:
                 self.grounder.frames.clear()
-            with self._tracking_lock:
-                self.tracking.reset()  # frames after a pause start fresh tracks
+            self.tracking.reset()  # frames after a pause start fresh tracks
         self.handlers.abort_all(why)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.handlers.abort_all("node cleaned up")
-        self.lock_on.abort_all("deactivated")
+        self.tracking.lock_on.abort_all("deactivated")
         self.release()
         self.state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
@@ -324,7 +282,7 @@ class GroundingNode(LifecycleNode):
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.handlers.abort_all("node error")
-        self.lock_on.abort_all("node error")
+        self.tracking.lock_on.abort_all("node error")
         self.release()
         self.state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
@@ -333,7 +291,8 @@ class GroundingNode(LifecycleNode):
         """Refuse new calls and answer every pending one "shutting down"."""
         self.closing = True
         self._deactivate("shutting down")
-        self.lock_on.close()  # aborts running locks; the executor must spin to send results
+        # aborts running locks; the executor must spin to send their results
+        self.tracking.lock_on.close()
 
     def release(self, join_timeout: float = 30.0) -> None:
         """Stop the worker, drop topics, free the model (and CUDA cache)."""
@@ -411,7 +370,7 @@ class GroundingNode(LifecycleNode):
         self.encode_latency.add(model_s)
         cam.rate_encoded.tick()
         results = self._ground_standing(grounder, frame)
-        tracked = self._track(cam.topic, frame, results)
+        tracked = self.tracking.track(cam.topic, frame, results)
         if tracked is not None:  # the locked-only queries are not published
             results = [r for r in tracked.results if r.query in self.standing]
         arrays = [convert.result_to_msg(r, msg.header) for r in results]
@@ -423,7 +382,7 @@ class GroundingNode(LifecycleNode):
             self.frame_latency.add(total)
             self.overhead_latency.add(max(total - model_s, 0.0))
         if tracked is not None:
-            self.lock_on.on_frame(msg.header, tracked)
+            self.tracking.lock_on.on_frame(msg.header, tracked)
         self.outputs.publish_visuals(frame, arrays)
         self._call_consumers(frame, results, msg.header, cam.topic)
         if self.outputs.wants_timings():
@@ -438,9 +397,7 @@ class GroundingNode(LifecycleNode):
         tracking is on (each query once; a locked query the grounder refuses, e.g. over the
         token limit, never costs the standing queries their results)."""
         standing = list(self.standing)
-        locked: list[str] = []
-        if self._tracking_enabled():
-            locked = [q for q in self.lock_on.queries(frame.meta.camera) if q not in standing]
+        locked = self.tracking.locked_queries(frame.meta.camera, standing)
         results: list[GroundingResult] = []
         for where, queries in (("standing_queries", standing), ("lock_on", locked)):
             if not queries:
@@ -506,18 +463,18 @@ def main(args: list[str] | None = None) -> None:
         except Exception as exc:  # a failing callback is logged, the node keeps running
             node.get_logger().error(f"callback failed: {type(exc).__name__}: {exc}")
     node.get_logger().info("shutting down")
-    locks = node.lock_on.active()
+    lock_on = node.tracking.lock_on
+    locks = lock_on.active()
     node.begin_shutdown()
     grace = time.monotonic() + SHUTDOWN_GRACE_S
-    while ((node.handlers.calls_in_flight or node.lock_on.active())
-           and time.monotonic() < grace):
+    while (node.handlers.calls_in_flight or lock_on.active()) and time.monotonic() < grace:
         executor.spin_once(timeout_sec=0.05)
     # a lock's goal leaves active() just before rclpy sends its result: a few more turns
     settle = min(grace, time.monotonic() + LOCK_RESULT_SETTLE_S) if locks else 0.0
     while time.monotonic() < settle:
         executor.spin_once(timeout_sec=0.05)
     node.release(join_timeout=1.0)
-    node.lock_on.destroy()
+    lock_on.destroy()
     node.handlers.pool.shutdown(wait=False, cancel_futures=True)
     executor.shutdown(timeout_sec=0.5)
     node.destroy_node()

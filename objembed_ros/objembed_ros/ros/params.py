@@ -22,7 +22,6 @@ from rclpy.parameter import Parameter
 
 from objembed_ros.accel.backends import BACKENDS
 from objembed_ros.core.resize import parse_size
-from objembed_ros.core.tracking import TrackerParams
 from objembed_ros.encoder.preprocess import PREPROCESS_CHOICES
 from objembed_ros.grounder import DTYPES, PROPOSERS, GrounderConfig
 from objembed_ros.ros import recall
@@ -30,17 +29,12 @@ from objembed_ros.ros import recall
 NODE_NAME = "grounding_node"
 ATTN = ("auto", "sdpa", "eager", "flash_attention_2")
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-# Parameters read only at on_configure: changing them needs cleanup + configure.
-APPLIED_ON_CONFIGURE = (
-    "checkpoint", "proposer", "wedetect_checkpoint", "num_proposals", "device", "dtype",
-    "attn", "max_boxes", "frame_cache_size", "text_cache_size", "preprocess",
-    "projector_backend", "engine_cache_dir", "engine_resolutions", "allow_engine_build",
-    "text_cuda_graphs",
-)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Param:
+    """One ROS parameter of the node: declared with descriptor(p) from these fields."""
+
     name: str
     default: Any
     ptype: int
@@ -48,52 +42,60 @@ class Param:
     read_only: bool = False
     int_range: tuple[int, int] | None = None
     float_range: tuple[float, float] | None = None
+    on_configure: bool = False  # read only at on_configure: a change needs cleanup + configure
 
 
 PARAMETERS: tuple[Param, ...] = (
     Param("checkpoint", "", ParameterType.PARAMETER_STRING,
-           "ObjEmbed checkpoint directory (Hugging Face format). Applied on configure."),
+           "ObjEmbed checkpoint directory (Hugging Face format). Applied on configure.",
+           on_configure=True),
     Param("proposer", "wedetect", ParameterType.PARAMETER_STRING,
            "Box source: 'wedetect' (WeDetect-Uni), 'external' (boxes from "
            "external_proposals_topic), 'whole_image' (one whole-image box) or 'grid' "
-           "(multi-scale sliding windows, a detector-free fallback). On configure."),
+           "(multi-scale sliding windows, a detector-free fallback). On configure.",
+           on_configure=True),
     Param("wedetect_checkpoint", "", ParameterType.PARAMETER_STRING,
-           "Original WeDetect-Uni .pth file (proposer 'wedetect'). Applied on configure."),
+           "Original WeDetect-Uni .pth file (proposer 'wedetect'). Applied on configure.",
+           on_configure=True),
     Param("num_proposals", 100, ParameterType.PARAMETER_INTEGER,
            "Proposals kept per frame (the paper uses 100). Applied on configure.",
-           int_range=(1, 1000)),
+           int_range=(1, 1000), on_configure=True),
     Param("device", "cpu", ParameterType.PARAMETER_STRING,
-           "Torch device: 'cpu', 'cuda' or 'cuda:N'. Applied on configure."),
+           "Torch device: 'cpu', 'cuda' or 'cuda:N'. Applied on configure.", on_configure=True),
     Param("dtype", "float32", ParameterType.PARAMETER_STRING,
-           "Model weights dtype: float32, bfloat16 or float16. Applied on configure."),
+           "Model weights dtype: float32, bfloat16 or float16. Applied on configure.",
+           on_configure=True),
     Param("attn", "auto", ParameterType.PARAMETER_STRING,
-           "Attention kernel: auto, sdpa, eager or flash_attention_2. Applied on configure."),
+           "Attention kernel: auto, sdpa, eager or flash_attention_2. Applied on configure.",
+           on_configure=True),
     Param("projector_backend", "torch", ParameterType.PARAMETER_STRING,
            "Object projector runtime: torch, onnxruntime or tensorrt. An unavailable one falls "
            "back (tensorrt -> onnxruntime -> torch) with the reason in the log and "
-           "diagnostics. Applied on configure."),
+           "diagnostics. Applied on configure.", on_configure=True),
     Param("engine_cache_dir", "", ParameterType.PARAMETER_STRING,
            "Folder of ONNX exports and TensorRT engines (keyed by model, grid, GPU, TensorRT "
-           "version and precision); empty: ~/.cache/objembed_ros/engines. On configure."),
+           "version and precision); empty: ~/.cache/objembed_ros/engines. On configure.",
+           on_configure=True),
     Param("engine_resolutions", [], ParameterType.PARAMETER_STRING_ARRAY,
            "Camera resolutions 'WxH' (e.g. '1280x720') whose projector graphs/engines are "
            "prepared on configure (projector_backend onnxruntime/tensorrt). Frames of any other "
            "resolution run the projector in torch (warned once); nothing is exported or built "
-           "on a frame. On configure."),
+           "on a frame. On configure.", on_configure=True),
     Param("allow_engine_build", False, ParameterType.PARAMETER_BOOL,
            "On configure, export/build a missing or stale ONNX graph or TensorRT engine for "
            "engine_resolutions (TensorRT: minutes); false: configure fails with the "
-           "model/build_engines.py command that builds it. On configure."),
+           "model/build_engines.py command that builds it. On configure.", on_configure=True),
     Param("text_cuda_graphs", False, ParameterType.PARAMETER_BOOL,
-           "CUDA only: replay captured CUDA graphs for the text pass. On configure."),
+           "CUDA only: replay captured CUDA graphs for the text pass. On configure.",
+           on_configure=True),
     Param("preprocess", "auto", ParameterType.PARAMETER_STRING,
           "Frame preprocessing: 'exact' = PIL on the host, bit-for-bit the official pixels; "
           "'device' = one uint8 upload, resize/normalise/patchify and the WeDetect letterbox "
           "on the model's device (differences measured in the README); 'auto' = device on "
-          "CUDA, exact otherwise. Applied on configure."),
+          "CUDA, exact otherwise. Applied on configure.", on_configure=True),
     Param("max_boxes", 300, ParameterType.PARAMETER_INTEGER,
            "Most boxes one image pass may score (proposals, external or supplied boxes).",
-           int_range=(1, 2000)),
+           int_range=(1, 2000), on_configure=True),
     Param("image_topics", ["image"], ParameterType.PARAMETER_STRING_ARRAY,
            "Colour image topics (relative names follow the namespace and remappings); each "
            "camera keeps its own frame cache.", read_only=True),
@@ -117,7 +119,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("min_score", 0.0, ParameterType.PARAMETER_DOUBLE,
            "Standing-query objects scoring below this are dropped.", float_range=(0.0, 1.0)),
     # tracking and lock-on (core/tracking.py, ros/lock_on.py); a change resets the tracks
-    # and aborts running locks
+    # and aborts running locks (ros/node_tracking.TRACKING_PARAMETERS)
     Param("tracking_enabled", True, ParameterType.PARAMETER_BOOL,
            "Track standing (and locked) queries' objects across frames: track_id on "
            "~/groundings and ~/detections, and the ~/lock_on action."),
@@ -153,9 +155,10 @@ PARAMETERS: tuple[Param, ...] = (
            "differ by at most this.", float_range=(0.0, 1.0)),
     Param("frame_cache_size", 8, ParameterType.PARAMETER_INTEGER,
            "Encoded frames kept per camera for services. Applied on configure.",
-           int_range=(1, 256)),
+           int_range=(1, 256), on_configure=True),
     Param("text_cache_size", 256, ParameterType.PARAMETER_INTEGER,
-           "Query-text embeddings kept (LRU). Applied on configure.", int_range=(0, 100000)),
+           "Query-text embeddings kept (LRU). Applied on configure.", int_range=(0, 100000),
+           on_configure=True),
     Param("max_query_tokens", 256, ParameterType.PARAMETER_INTEGER,
            "Longest query accepted, in tokenizer tokens; longer ones are refused.",
            int_range=(1, 8192)),
@@ -181,23 +184,55 @@ PARAMETERS: tuple[Param, ...] = (
     Param("max_wait", 30.0, ParameterType.PARAMETER_DOUBLE,
            "Longest frame wait a service call may ask for (Ground.timeout): larger timeouts "
            "are clamped to this and the answer says so.", float_range=(0.0, 3600.0)),
+    # the object memory (ros/recall.py, ros/node_memory.py), read on configure
+    Param("memory_enabled", True, ParameterType.PARAMETER_BOOL,
+          "Keep an object memory of every frame's proposals and serve ~/recall (RAM only "
+          "unless memory_path is set). Applied on configure.", on_configure=True),
+    Param("memory_path", "", ParameterType.PARAMETER_STRING,
+          "SQLite file the memory persists to (created if missing; a corrupt or other-version "
+          "file is renamed aside); empty: RAM only. On configure.", on_configure=True),
+    Param("memory_max_entries", 10_000, ParameterType.PARAMETER_INTEGER,
+          "Most objects remembered; the least recently seen (with credit per sighting) are "
+          "evicted beyond it.", int_range=(1, 1_000_000), on_configure=True),
+    Param("memory_min_iou", 0.5, ParameterType.PARAMETER_DOUBLE,
+          "Predicted IoU, sigmoid(iou logit), a proposal needs to enter the memory.",
+          float_range=(0.0, 1.0), on_configure=True),
+    Param("memory_max_per_frame", 10, ParameterType.PARAMETER_INTEGER,
+          "Most proposals per frame entering the memory, best predicted IoU first.",
+          int_range=(1, 1000), on_configure=True),
+    Param("memory_merge_cosine", 0.75, ParameterType.PARAMETER_DOUBLE,
+          "Cosine of object embeddings above which a sighting may merge into an entry.",
+          float_range=(-1.0, 1.0), on_configure=True),
+    Param("memory_merge_distance", 0.3, ParameterType.PARAMETER_DOUBLE,
+          "Metres: a sighting merges only with entries this close in fixed_frame.",
+          float_range=(0.001, 100.0), on_configure=True),
+    Param("memory_merge_box_iou", 0.5, ParameterType.PARAMETER_DOUBLE,
+          "Without fixed-frame positions: box IoU with the entry's last box (same camera) "
+          "needed to merge.", float_range=(0.0, 1.0), on_configure=True),
+    Param("memory_merge_window", 2.0, ParameterType.PARAMETER_DOUBLE,
+          "Seconds: without fixed-frame positions, only entries seen this recently by the "
+          "same camera can merge.", float_range=(0.0, 3600.0), on_configure=True),
+    Param("memory_crop_size", 96, ParameterType.PARAMETER_INTEGER,
+          "Long side in pixels of each entry's JPEG crop; 0: no crops.", int_range=(0, 512),
+          on_configure=True),
+    Param("memory_recall_max_results", 100, ParameterType.PARAMETER_INTEGER,
+          "Most entries one ~/recall answer carries.", int_range=(1, 10_000),
+          on_configure=True),
+    Param("memory_ann_min_entries", 0, ParameterType.PARAMETER_INTEGER,
+          "From this many entries, recall takes its candidates from an HNSW index (usearch) "
+          "and scores them exactly (faster on a busy CPU, approximate candidates, slow index "
+          "build: see README); 0: always the exact scan. On configure.",
+          int_range=(0, 10_000_000), on_configure=True),
+    Param("memory_write_interval", 1.0, ParameterType.PARAMETER_DOUBLE,
+          "Seconds between batched writes of the memory file (off the frame path).",
+          float_range=(0.05, 600.0), on_configure=True),
+    Param("fixed_frame", "", ParameterType.PARAMETER_STRING,
+          "Frame memory positions are kept in (e.g. map or odom), from /tf; empty or "
+          "unresolvable: the camera's optical frame.", on_configure=True),
 )
 
-
-
-def _memory_param(spec: recall.ParamSpec) -> Param:
-    """A Param for one of the object memory's specs (ros/recall.py owns their defaults)."""
-    kinds = ((bool, ParameterType.PARAMETER_BOOL), (int, ParameterType.PARAMETER_INTEGER),
-             (float, ParameterType.PARAMETER_DOUBLE), (str, ParameterType.PARAMETER_STRING))
-    ptype = next(t for cls, t in kinds if isinstance(spec.default, cls))
-    return Param(spec.name, spec.default, ptype, spec.description,
-                 int_range=spec.int_range, float_range=spec.float_range)
-
-
-# The object memory's parameters (read on configure).
-MEMORY_PARAMETERS: tuple[Param, ...] = tuple(_memory_param(s) for s in recall.PARAMETERS)
-PARAMETERS = PARAMETERS + MEMORY_PARAMETERS
-APPLIED_ON_CONFIGURE = APPLIED_ON_CONFIGURE + tuple(p.name for p in MEMORY_PARAMETERS)
+# Parameters read only at on_configure: changing them needs cleanup + configure.
+APPLIED_ON_CONFIGURE: tuple[str, ...] = tuple(p.name for p in PARAMETERS if p.on_configure)
 
 
 def descriptor(p: Param) -> ParameterDescriptor:
@@ -289,18 +324,3 @@ def grounder_config(v: dict[str, Any]) -> GrounderConfig:
     return GrounderConfig(**{n: v[n] for n in names},
                           engine_resolutions=tuple(parse_size(t) for t in v["engine_resolutions"]))
 
-
-# Parameters whose change resets the tracks and aborts running locks.
-TRACKING_PARAMETERS = (
-    "tracking_enabled", "track_confirm_hits", "track_max_coast", "track_min_iou",
-    "track_min_cosine", "track_reid_min_cosine", "track_iou_weight", "lock_lost_after",
-    "lock_reacquire_min_cosine", "lock_max_goals",
-)
-
-
-def tracker_params(v: dict[str, Any]) -> TrackerParams:
-    """The tracker's association parameters from the node's track_* parameters."""
-    return TrackerParams(confirm_hits=v["track_confirm_hits"], max_coast=v["track_max_coast"],
-                         min_iou=v["track_min_iou"], min_cosine=v["track_min_cosine"],
-                         reid_min_cosine=v["track_reid_min_cosine"],
-                         iou_weight=v["track_iou_weight"])

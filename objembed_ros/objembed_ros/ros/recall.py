@@ -78,53 +78,9 @@ def pending_frame(frame: Any, results: Sequence[Any], header: Header,
         intrinsics=intrinsics)
 
 
-@dataclass(frozen=True)
-class ParamSpec:
-    """One ROS parameter of the memory: the node declares it with a descriptor from these."""
-
-    name: str
-    default: Any
-    description: str
-    float_range: tuple[float, float] | None = None
-    int_range: tuple[int, int] | None = None
-
-
-PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("memory_enabled", True, "Keep an object memory of every frame's proposals and "
-              "serve ~/recall (RAM only unless memory_path is set). Applied on configure."),
-    ParamSpec("memory_path", "", "SQLite file the memory persists to (created if missing; a "
-              "corrupt or other-version file is renamed aside); empty: RAM only. On configure."),
-    ParamSpec("memory_max_entries", 10_000, "Most objects remembered; the least recently "
-              "seen (with credit per sighting) are evicted beyond it.", int_range=(1, 1_000_000)),
-    ParamSpec("memory_min_iou", 0.5, "Predicted IoU, sigmoid(iou logit), a proposal needs to "
-              "enter the memory.", float_range=(0.0, 1.0)),
-    ParamSpec("memory_max_per_frame", 10, "Most proposals per frame entering the memory, best "
-              "predicted IoU first.", int_range=(1, 1000)),
-    ParamSpec("memory_merge_cosine", 0.75, "Cosine of object embeddings above which a sighting "
-              "may merge into an entry.", float_range=(-1.0, 1.0)),
-    ParamSpec("memory_merge_distance", 0.3, "Metres: a sighting merges only with entries this "
-              "close in fixed_frame.", float_range=(0.001, 100.0)),
-    ParamSpec("memory_merge_box_iou", 0.5, "Without fixed-frame positions: box IoU with the "
-              "entry's last box (same camera) needed to merge.", float_range=(0.0, 1.0)),
-    ParamSpec("memory_merge_window", 2.0, "Seconds: without fixed-frame positions, only entries "
-              "seen this recently by the same camera can merge.", float_range=(0.0, 3600.0)),
-    ParamSpec("memory_crop_size", 96, "Long side in pixels of each entry's JPEG crop; 0: no "
-              "crops.", int_range=(0, 512)),
-    ParamSpec("memory_recall_max_results", 100, "Most entries one ~/recall answer carries.",
-              int_range=(1, 10_000)),
-    ParamSpec("memory_ann_min_entries", 0, "From this many entries, recall takes its "
-              "candidates from an HNSW index (usearch) and scores them exactly (faster on a "
-              "busy CPU, approximate candidates, slow index build: see README); 0: always the "
-              "exact scan. On configure.", int_range=(0, 10_000_000)),
-    ParamSpec("memory_write_interval", 1.0, "Seconds between batched writes of the memory "
-              "file (off the frame path).", float_range=(0.05, 600.0)),
-    ParamSpec("fixed_frame", "", "Frame memory positions are kept in (e.g. map or odom), from "
-              "/tf; empty or unresolvable: the camera's optical frame."),
-)
-
-
 def memory_config(values: dict[str, Any]) -> MemoryConfig:
-    """MemoryConfig from parameter values (ValueError naming what is invalid)."""
+    """MemoryConfig from parameter values (the memory_* parameters of ros/params.py;
+    ValueError naming what is invalid)."""
     return MemoryConfig(
         max_entries=int(values["memory_max_entries"]),
         min_iou=float(values["memory_min_iou"]),
