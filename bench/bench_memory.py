@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_memory.py                  # 1e3, 1e4, 1e5 entries, 2048-d
     .venv/bin/python bench/bench_memory.py --sizes 1000 --json mem.json
+    .venv/bin/python bench/bench_memory.py --index exact     # skip the HNSW rows (slow builds)
 
 Per memory size N (random unit 2048-d entries, the 2B embedding width, spread over 4 cameras,
 a 50 x 50 x 2 m map and an hour of stamps):
@@ -223,17 +224,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--index", choices=("both", "exact", "hnsw"), default="both")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     rows = []
+    load_start = os.getloadavg()[0]
     for n in args.sizes:
-        for ann in (False, True):
+        for ann in {"both": (False, True), "exact": (False,), "hnsw": (True,)}[args.index]:
             rows.append(bench_size(n, args.runs, rng, ann))
             print(f"done {n} {'hnsw' if ann else 'exact'}", file=sys.stderr)
     print(f"# bench/bench_memory.py, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, numpy {np.__version__}, D={DIM}, ms median / p90; "
-          f"load average at the end {os.getloadavg()[0]:.1f}")
+          f"load average at the start {load_start:.1f}, at the end {os.getloadavg()[0]:.1f}")
     print("| entries | index | recall top-10 | target found | recall 1 camera | recall time "
           "window | frame path known | frame path new | memory thread known | memory thread "
           "new | matrix + index MB | RSS growth MB | load s | file MB | file load s |")

@@ -31,13 +31,16 @@ least recently seen first, with each sighting buying ``keep_credit_ns`` more tim
 cap), so one-off false proposals leave before objects seen many times.
 
 Recall ranks entries by ObjEmbed's object similarity, sigmoid(cos * exp(logit_log_scale) +
-logit_bias) (core.scoring). Every score is exact (float32 unit rows); the candidates come from
-a brute-force scan, or, with an approximate index (``VectorIndex``, e.g. memory/ann.py's HNSW)
-and at least ``ann_min_entries`` entries, from the index's ``limit * ann_oversample`` nearest
-neighbours: when the filters and min_score leave fewer than the limit of those, or no limit is
-asked for (top_k and max_results <= 0), the scan runs instead. The index is given an entry's
-vector when it is created and again when its hits have doubled (or grown by fuse_history)
-since, so it tracks the fused embedding without an index update per merge.
+logit_bias) (core.scoring), best first, ties by id (also at the top_k cut). Every score is
+exact (float32 unit rows). The candidates come from a brute-force scan of the one float32
+matrix of unit rows (kept in place as entries come, merge and leave; filters are masks over
+per-row arrays; ``_cosines`` and ``_matvec`` say how it is scanned), or, with an approximate
+index (``VectorIndex``, e.g. memory/ann.py's HNSW) and at least ``ann_min_entries`` entries,
+from the index's ``limit * ann_oversample`` nearest neighbours: when the filters and min_score
+leave fewer than the limit of those, or no limit is asked for (top_k and max_results <= 0),
+the scan runs instead. The index is given an entry's vector when it is created and again when
+its hits have doubled (or grown by fuse_history) since, so it tracks the fused embedding
+without an index update per merge.
 """
 from __future__ import annotations
 
@@ -228,6 +231,24 @@ def make_crop(rgb: np.ndarray, box: Box, max_side: int, quality: int) -> bytes:
     return buf.getvalue()
 
 
+# recall copies out the rows that pass its filters when they are under 1/_COPY_ROWS_BELOW of
+# the memory, else it scans all rows and picks them (at 1e5 x 2048, copying and scanning 1/8
+# of the rows took as long as the full scan)
+_COPY_ROWS_BELOW = 8
+# matrices up to this many elements (8 MiB of float32) are scanned on the calling thread
+_ONE_THREAD_MAX_ELEMENTS = 1 << 21
+
+
+def _matvec(matrix: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """matrix @ v in float32. A small matrix is scanned by numpy's own loop on this thread: a
+    multi-threaded BLAS call waits for its worker thread, and on a loaded machine that wait is
+    a scheduler time slice (measured with 6 busy processes on 2 cores: 32 ms for a 1e3 x 2048
+    scan that takes 0.1 ms alone; numpy's loop: 0.4 ms)."""
+    if matrix.size <= _ONE_THREAD_MAX_ELEMENTS:
+        return np.einsum("ij,j->i", matrix, v)
+    return matrix @ v
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32).reshape(-1)
     n = float(np.linalg.norm(v))
@@ -299,7 +320,10 @@ class ObjectMemory:
         cap = self._emb.shape[0]
         if n <= cap:
             return
-        new = max(n, 2 * cap, 64)
+        # doubling, but not past what a full memory plus one frame needs (a 1e5-entry memory
+        # would otherwise hold a 131072-row matrix)
+        bound = self.config.max_entries + self.config.max_per_frame
+        new = max(n, min(max(2 * cap, 64), bound))
         emb = np.zeros((new, dim), np.float32)
         emb[:self._size] = self._emb[:self._size]
         self._emb = emb
@@ -583,39 +607,55 @@ class ObjectMemory:
                 ids = self.ann.search(q, limit * self.config.ann_oversample)
                 rows = np.fromiter((self._row[int(i)] for i in ids if int(i) in self._row),
                                    np.int64)
-                hits = self._rank(rows[self._passes(rows, *filters)], q, logit_log_scale,
+                mask = self._passes(rows, *filters)
+                hits = self._rank(rows if mask is None else rows[mask], q, logit_log_scale,
                                   logit_bias, min_score, limit)
                 if len(hits) >= limit:
                     return hits
-            rows = np.arange(n)
-            mask = self._passes(rows, *filters)
-            return self._rank(rows if mask.all() else rows[mask], q, logit_log_scale,
-                              logit_bias, min_score, limit)
+            mask = self._passes(slice(0, n), *filters)
+            rows = None if mask is None else np.flatnonzero(mask)
+            return self._rank(rows, q, logit_log_scale, logit_bias, min_score, limit)
 
-    def _passes(self, rows: np.ndarray, camera_code: int, since_ns: int,
-                until_ns: int) -> np.ndarray:
-        mask = np.ones(rows.size, bool)
+    def _passes(self, rows: np.ndarray | slice, camera_code: int, since_ns: int,
+                until_ns: int) -> np.ndarray | None:
+        """Which of these rows pass the filters (None: no filter asked for)."""
+        tests = []
         if camera_code >= 0:
-            mask &= self._camera_code[rows] == camera_code
+            tests.append(self._camera_code[rows] == camera_code)
         if since_ns > 0:
-            mask &= self._last_seen[rows] >= since_ns
+            tests.append(self._last_seen[rows] >= since_ns)
         if until_ns > 0:
-            mask &= self._last_seen[rows] <= until_ns
-        return mask
+            tests.append(self._last_seen[rows] <= until_ns)
+        return np.logical_and.reduce(tests) if tests else None
 
-    def _rank(self, rows: np.ndarray, q: np.ndarray, logit_log_scale: float,
-              logit_bias: float, min_score: float, limit: int) -> list[RecallHit]:
-        """Exact scores of these rows, best first (ties by id), at most limit (0: all)."""
-        if rows.size == 0:
-            return []
+    def _cosines(self, rows: np.ndarray | None, q: np.ndarray) -> np.ndarray:
+        """(len(rows),) float32 cosines of these rows (None: all) with the unit query. Few rows
+        are copied out and scanned; many are picked from a scan of the whole matrix, which
+        costs less than copying them (at 1e5 x 2048 a copy of 1/4 of the rows and its scan
+        took twice the full scan: the copy writes fresh pages)."""
         n = self._size
-        cos = self._emb[:n] @ q if rows.size == n else self._emb[rows] @ q
+        if rows is not None and rows.size * _COPY_ROWS_BELOW < n:
+            return _matvec(self._emb[rows], q)
+        cos = _matvec(self._emb[:n], q)
+        return cos if rows is None else cos[rows]
+
+    def _rank(self, rows: np.ndarray | None, q: np.ndarray, logit_log_scale: float,
+              logit_bias: float, min_score: float, limit: int) -> list[RecallHit]:
+        """Exact scores of these rows (None: all), best first (ties by id), at most limit
+        (0: all)."""
+        if rows is not None and rows.size == 0:
+            return []
+        cos = self._cosines(rows, q)
+        ids = self._ids[:self._size] if rows is None else self._ids[rows]
         score = object_similarity(cos.astype(np.float64), logit_log_scale, logit_bias)
         keep = np.flatnonzero(score >= min_score)
-        if limit and limit < keep.size:
-            keep = keep[np.argpartition(-score[keep], limit - 1)[:limit]]
-        order = keep[np.lexsort((self._ids[rows[keep]], -score[keep]))]
-        return [RecallHit(self.get(int(self._ids[rows[i]])),  # type: ignore[arg-type]
+        if limit and limit < keep.size:  # the limit best, and all tied with the last of them
+            edge = -np.partition(-score[keep], limit - 1)[limit - 1]
+            keep = keep[score[keep] >= edge]
+        order = keep[np.lexsort((ids[keep], -score[keep]))]
+        if limit:
+            order = order[:limit]
+        return [RecallHit(self.get(int(ids[i])),  # type: ignore[arg-type]
                           float(score[i]), float(cos[i])) for i in order]
 
 
