@@ -179,6 +179,35 @@ def test_with_track_ids_and_tracking_hub() -> None:
         with_track_ids(unchanged, [1, 2])
 
 
+def _result(query: str, boxes: list[list[float]], index: list[int]) -> GroundingResult:
+    objects = [GroundedBox(box=tuple(b), score=0.9, similarity=0.9, iou=1.0, cosine=0.5,
+                           proposal_index=k) for b, k in zip(boxes, index, strict=True)]
+    return GroundingResult(query, QUERY_TEXT, "cam", 0, (640, 480), 3, objects)
+
+
+def test_a_query_without_objects_in_a_frame_coasts_its_tracks() -> None:
+    # (this raised IndexError before: no detections to map the coasting track's -1 through)
+    hub = Tracking(TrackerParams(confirm_hits=1))
+    emb = np.vstack([E1, E2])
+    hub.update("cam", 0, [_result("cup", [[0, 0, 10, 10]], [0])], emb)
+    out = hub.update("cam", S // 10, [_result("cup", [], [])], emb)
+    frame = out.tracks["cup"]
+    assert frame.track_ids.tolist() == [1] and frame.states.tolist() == [TrackState.COASTING]
+    assert frame.detections.tolist() == [-1] and frame.detection_track_ids.size == 0
+    out = hub.update("cam", 2 * S // 10, [_result("cup", [[0, 0, 10, 10]], [0])], emb)
+    assert out.results[0].objects[0].track_id == 1  # back on its track
+
+
+def test_a_query_twice_in_one_frame_is_tracked_twice_in_order() -> None:
+    # the second result meets the track the first one started (same stamp: no motion)
+    hub = Tracking(TrackerParams(confirm_hits=1))
+    emb = np.vstack([E1, E2])
+    first, second = _result("cup", [[0, 0, 10, 10]], [0]), _result("cup", [[1, 0, 11, 10]], [0])
+    out = hub.update("cam", 0, [first, second], emb)
+    assert [r.objects[0].track_id for r in out.results] == [1, 1]
+    assert out.tracks["cup"].track_ids.tolist() == [1]
+
+
 def test_params_are_validated() -> None:
     for bad in ({"confirm_hits": 0}, {"max_coast": -1}, {"iou_weight": 1.5},
                 {"embedding_momentum": 1.0}, {"velocity_smoothing": 0.0}):

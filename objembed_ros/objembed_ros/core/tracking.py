@@ -24,6 +24,13 @@ more than max_coast consecutive unmatched frames. Track ids come from one counte
 `Tracking` (per node run): unique across cameras and queries and never reused. Only
 confirmed tracks give their id to the published objects (GroundedObject.track_id).
 
+Cost: Tracking.update updates the queries of a frame together. The frame's embeddings are
+made unit once; the small array steps of all its queries (IoU, gates, costs, the TrackFrame
+arrays) are one numpy call each; per-track bookkeeping is plain Python numbers. Each query
+keeps its own cosine product and moving average, so the floats, and with them every id,
+state and association, are those of updating the queries one by one
+(test/test_core_tracking_equivalence.py checks against the record of the earlier tracker).
+
 Lock-on (`Lock`): follows one track of one (camera, query) and reports LockState per frame;
 see `Lock` for the rules. States and their values match objembed_msgs/LockStatus.msg.
 """
@@ -32,8 +39,9 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -118,14 +126,10 @@ def predict_boxes(boxes: np.ndarray, velocity: np.ndarray, dt_s: np.ndarray) -> 
     return boxes + np.concatenate([shift, shift], axis=1)
 
 
-def _centres(boxes: np.ndarray) -> np.ndarray:
-    return (boxes[:, :2] + boxes[:, 2:]) / 2.0
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
+def _normalise_rows(x: np.ndarray) -> None:
+    """Divide each row of float32 x by its norm, in place (the same floats as x / norm)."""
     norm = np.sqrt(np.einsum("ij,ij->i", x, x))
-    return x / np.maximum(norm, 1e-12)[:, None]
+    x /= np.maximum(norm, 1e-12)[:, None]
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,8 @@ class TrackFrame:
     index of the matched detection in the input (the GroundingResult's objects), -1 when
     unmatched; scores: the matched detection's score (NaN when unmatched); embeddings: unit
     appearance (moving average); velocities: centre px/s. detection_track_ids: per input
-    detection, the id of its track when that track is confirmed, else -1.
+    detection, the id of its track when that track is confirmed, else -1. The arrays are
+    snapshots: the tracker never writes into them after the frame.
     """
 
     stamp_ns: int
@@ -154,8 +159,41 @@ class TrackFrame:
 
     def index_of(self, track_id: int) -> int:
         """Row of the track, -1 when it is not live."""
-        rows = np.flatnonzero(self.track_ids == track_id)
-        return int(rows[0]) if rows.size else -1
+        ids = self.track_ids.tolist()
+        return ids.index(track_id) if track_id in ids else -1
+
+
+_TENTATIVE, _CONFIRMED, _COASTING = (int(s) for s in TrackState)
+
+
+@dataclass(slots=True)
+class _Track:
+    """One live track's scalars (its appearance is a row of QueryTracker.embeddings).
+
+    Python numbers, not numpy rows: a query has a handful of tracks, and numpy's per-call
+    overhead on such tiny arrays was most of the tracker's cost. The arithmetic is the same
+    IEEE double arithmetic numpy does elementwise, operation for operation.
+    """
+
+    id: int
+    state: int  # TrackState value
+    box: list[float]  # last matched box, xyxy
+    velocity: tuple[float, float]  # centre px/s
+    hits: int
+    misses: int
+    born_ns: int
+    last_seen_ns: int
+
+
+@dataclass(frozen=True)
+class _Detections:
+    """One query's detections in a frame: boxes and scores as Python numbers, embeddings
+    as rows of the unit (K, D) array the frame's queries share."""
+
+    boxes: list[list[float]]  # (M) xyxy
+    scores: list[float]
+    rows: list[int]  # each detection's row in the shared embeddings
+    index: list[int] | None  # what TrackFrame.detections reports per detection; None: j
 
 
 class QueryTracker:
@@ -165,159 +203,280 @@ class QueryTracker:
     def __init__(self, params: TrackerParams, new_id: Callable[[], int]) -> None:
         self.params = params
         self._new_id = new_id
-        self.ids = np.zeros(0, np.int64)
-        self.states = np.zeros(0, np.int64)
-        self.boxes = np.zeros((0, 4))  # last matched box
-        self.velocities = np.zeros((0, 2))
-        self.embeddings: np.ndarray | None = None  # (T, D) unit float32, D set by first frame
-        self.hits = np.zeros(0, np.int64)
-        self.misses = np.zeros(0, np.int64)
-        self.born_ns = np.zeros(0, np.int64)
-        self.last_seen_ns = np.zeros(0, np.int64)
+        self._tracks: list[_Track] = []  # birth order
+        # (T, D) unit float32, a row per track, D set by the first frame; replaced, never
+        # written into, so a TrackFrame holds it without a copy
+        self.embeddings: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return int(self.ids.size)
+        return len(self._tracks)
 
     def update(self, stamp_ns: int, boxes: np.ndarray, embeddings: np.ndarray,
                scores: np.ndarray, index: np.ndarray | None = None) -> TrackFrame:
         """Associate one frame's detections ((M, 4) xyxy, (M, D) unit embeddings, (M,)
         scores), update, delete and start tracks. index: (M,) what TrackFrame.detections
         reports for each detection (default: its row)."""
-        p = self.params
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(scores, np.float64).reshape(-1)
         m = boxes.shape[0]
         embeddings = np.asarray(embeddings, np.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] != m:
             raise ValueError(f"embeddings must be ({m}, D), got {embeddings.shape}")
-        if self.embeddings is None or (len(self) == 0 and m):
-            self.embeddings = np.zeros((0, embeddings.shape[1]), np.float32)
-        if m and embeddings.shape[1] != self.embeddings.shape[1]:
-            raise ValueError(f"embedding size {embeddings.shape[1]} != the tracks' "
-                             f"{self.embeddings.shape[1]}")
-        t = len(self)
-        dt = (stamp_ns - self.last_seen_ns) / 1e9
-        predicted = predict_boxes(self.boxes, self.velocities, dt)
-        matched_det = np.full(t, -1, np.int64)
-        if t and m:
-            iou = box_iou(predicted, boxes)
-            cos = self.embeddings @ embeddings.T
-            coasting = (self.states == TrackState.COASTING)[:, None]
-            allowed = (cos >= p.min_cosine) & (
-                (iou >= p.min_iou) | (coasting & (cos >= p.reid_min_cosine)))
-            cost = np.where(allowed, 1.0 - (p.iou_weight * iou + (1 - p.iou_weight) * cos),
-                            _INFEASIBLE)
-            tentative = self.states == TrackState.TENTATIVE
-            free = np.ones(m, bool)
-            for rows in (np.flatnonzero(~tentative), np.flatnonzero(tentative)):
-                cols = np.flatnonzero(free)
-                if rows.size and cols.size and allowed[np.ix_(rows, cols)].any():
-                    r, c = linear_sum_assignment(cost[np.ix_(rows, cols)])
-                    ok = allowed[rows[r], cols[c]]
-                    matched_det[rows[r[ok]]] = cols[c[ok]]
-                    free[cols[c[ok]]] = False
-        self._apply_matches(stamp_ns, matched_det, boxes, embeddings, dt)
-        dead = self._drop_unmatched(matched_det)
-        deleted = tuple(int(i) for i in self.ids[dead])
-        if deleted:
-            keep = ~dead
-            self._keep(keep)
-            matched_det = matched_det[keep]
-            predicted = predicted[keep]
-        live = np.where((matched_det >= 0)[:, None], self.boxes, predicted)
-        born_det = self._births(stamp_ns, matched_det, boxes, embeddings, scores, live)
-        detections = np.concatenate([matched_det, born_det])
-        predicted = np.concatenate([predicted, boxes[born_det]])
-        seen = detections >= 0
-        out_boxes = np.where(seen[:, None], self.boxes, predicted)
-        out_scores = np.full(len(self), np.nan)
-        out_scores[seen] = scores[detections[seen]]
-        det_ids = np.full(m, -1, np.int64)
-        confirmed = seen & (self.states == TrackState.CONFIRMED)
-        det_ids[detections[confirmed]] = self.ids[confirmed]
-        if index is not None:
-            detections = np.where(seen, np.asarray(index)[np.maximum(detections, 0)], -1)
-        return TrackFrame(
-            stamp_ns=int(stamp_ns), track_ids=self.ids.copy(), states=self.states.copy(),
-            boxes=out_boxes, velocities=self.velocities.copy(), detections=detections,
-            scores=out_scores, embeddings=self.embeddings.copy(), born_ns=self.born_ns.copy(),
-            last_seen_ns=self.last_seen_ns.copy(), detection_track_ids=det_ids,
-            deleted=deleted)
+        detections = _Detections(boxes.tolist(), scores.tolist(), list(range(m)),
+                                 None if index is None else np.asarray(index).tolist())
+        frames, _ = _update_trackers(stamp_ns, [self], [detections], embeddings,
+                                     embeddings.shape[1])
+        return frames[0]
 
-    def _apply_matches(self, stamp_ns: int, matched_det: np.ndarray, boxes: np.ndarray,
-                       embeddings: np.ndarray, dt: np.ndarray) -> None:
-        p = self.params
-        rows = np.flatnonzero(matched_det >= 0)
-        if not rows.size:
-            return
-        det = matched_det[rows]
-        gap = dt[rows]
-        moved = gap > 0
-        measured = (_centres(boxes[det]) - _centres(self.boxes[rows])) / np.where(
-            moved, gap, 1.0)[:, None]
-        smoothed = ((1 - p.velocity_smoothing) * self.velocities[rows]
-                    + p.velocity_smoothing * measured)  # from 0 at birth
-        self.velocities[rows] = np.where(moved[:, None], smoothed, self.velocities[rows])
-        self.boxes[rows] = boxes[det]
-        self.embeddings[rows] = _unit_rows(p.embedding_momentum * self.embeddings[rows]
-                                           + (1 - p.embedding_momentum) * embeddings[det])
-        self.hits[rows] += 1
-        self.misses[rows] = 0
-        self.last_seen_ns[rows] = stamp_ns
-        self.states[rows] = np.where(self.hits[rows] >= p.confirm_hits, TrackState.CONFIRMED,
-                                     TrackState.TENTATIVE)
 
-    def _drop_unmatched(self, matched_det: np.ndarray) -> np.ndarray:
-        """Unmatched: tentative tracks die, confirmed ones coast until max_coast; returns
-        the mask of tracks to delete."""
-        unmatched = matched_det < 0
-        tentative = unmatched & (self.states == TrackState.TENTATIVE)
-        coasting = unmatched & ~tentative
-        self.misses[coasting] += 1
-        self.states[coasting] = TrackState.COASTING
-        return tentative | (coasting & (self.misses > self.params.max_coast))
+def _update_trackers(stamp_ns: int, trackers: Sequence[QueryTracker],
+                     detections: Sequence[_Detections], embeddings: np.ndarray,
+                     width: int) -> tuple[list[TrackFrame], list[list[int]]]:
+    """One frame for several trackers (the queries of one camera frame, sharing parameters
+    and the frame's (K, D) unit embeddings; width D): QueryTracker.update for each, in
+    order, with the small array work of all of them done in one numpy call per step.
+    Returns the TrackFrames and, per tracker, TrackFrame.detection_track_ids as a list."""
+    p = trackers[0].params
+    if any(tr.params is not p and tr.params != p for tr in trackers):
+        raise ValueError("trackers updated together must share their TrackerParams")
+    n = len(trackers)
+    ts = [len(tr._tracks) for tr in trackers]
+    ms = [len(d.boxes) for d in detections]
+    for tr, m in zip(trackers, ms, strict=True):
+        if tr.embeddings is None or (not tr._tracks and m):
+            tr.embeddings = np.zeros((0, width), np.float32)
+        if m and width != tr.embeddings.shape[1]:
+            raise ValueError(f"embedding size {width} != the tracks' {tr.embeddings.shape[1]}")
+    predicted = [[_predicted(t, stamp_ns) for t in tr._tracks] for tr in trackers]
+    r_max = max(t + m for t, m in zip(ts, ms, strict=True))
+    m_max = max(ms)
+    iou = fits = None
+    if m_max:
+        # per tracker: IoU of [predicted boxes; detections] with the detections, zero-padded
+        pad = [0.0] * 4
+        iou = box_iou(
+            np.array([pr + d.boxes + [pad] * (r_max - len(pr) - len(d.boxes))
+                      for pr, d in zip(predicted, detections, strict=True)], np.float64),
+            np.array([d.boxes + [pad] * (m_max - len(d.boxes)) for d in detections],
+                     np.float64))
+        fits = iou <= p.birth_max_iou
+    allowed, cost = _association_scores(p, trackers, detections, embeddings, iou, ts, ms)
+    stamp = int(stamp_ns)
+    matches = [_assign(tr._tracks, allowed[q, :ts[q], :ms[q]], cost[q, :ts[q], :ms[q]])
+               if ts[q] and ms[q] else [-1] * ts[q] for q, tr in enumerate(trackers)]
+    dead = [_update_tracks(p, tr._tracks, matched, d.boxes, stamp_ns)
+            for tr, matched, d in zip(trackers, matches, detections, strict=True)]
+    kept = [[i for i, t in enumerate(tr._tracks) if t.id not in gone] if gone
+            else list(range(len(tr._tracks))) for tr, gone in zip(trackers, dead, strict=True)]
+    free_of_live: list[list[bool]] = [[] for _ in trackers]
+    if m_max:  # a detection overlapping a live track's (matched or predicted) box: no birth
+        live = np.zeros((n, r_max), bool)
+        for q, (rows, matched) in enumerate(zip(kept, matches, strict=True)):
+            for i in rows:
+                live[q, ts[q] + matched[i] if matched[i] >= 0 else i] = True
+        free_of_live = (fits | ~live[:, :, None]).all(axis=1).tolist()
+    for tr, rows, gone in zip(trackers, kept, dead, strict=True):
+        if gone:
+            tr._tracks = [tr._tracks[i] for i in rows]
+    born = [_births(p, tr, matched, d, fits[q, ts[q]:] if m_max else None, free_of_live[q],
+                    stamp) for q, (tr, matched, d)
+            in enumerate(zip(trackers, matches, detections, strict=True))]
+    _move_embeddings(p, trackers, matches, kept, born, detections, embeddings)
+    return _track_frames(stamp, trackers, matches, kept, born, dead, predicted, detections)
 
-    def _keep(self, keep: np.ndarray) -> None:
-        for name in ("ids", "states", "boxes", "velocities", "embeddings", "hits", "misses",
-                     "born_ns", "last_seen_ns"):
-            setattr(self, name, getattr(self, name)[keep])
 
-    def _births(self, stamp_ns: int, matched_det: np.ndarray, boxes: np.ndarray,
-                embeddings: np.ndarray, scores: np.ndarray,
-                live_boxes: np.ndarray) -> np.ndarray:
-        """Start tracks from unmatched detections, best score first, skipping duplicates:
-        a detection overlapping a live track (its matched or predicted box) or a detection
-        born before it by IoU > birth_max_iou is another box of an object already tracked."""
-        p = self.params
-        free = np.ones(boxes.shape[0], bool)
-        free[matched_det[matched_det >= 0]] = False
-        cand = np.flatnonzero(free & (scores >= p.birth_min_score))
-        if not cand.size:
-            return np.zeros(0, np.int64)
-        cand = cand[np.argsort(-scores[cand], kind="stable")]
-        k = cand.size
-        overlap = box_iou(boxes[cand], np.concatenate([boxes[cand], live_boxes]))
-        free_of_live = overlap[:, k:].max(axis=1, initial=0.0) <= p.birth_max_iou
-        born: list[int] = []
-        for j in np.flatnonzero(free_of_live):
-            if not born or overlap[j, born].max() <= p.birth_max_iou:
-                born.append(int(j))
-        born = [int(cand[j]) for j in born]
-        n = len(born)
-        if not n:
-            return np.zeros(0, np.int64)
-        idx = np.asarray(born, np.int64)
-        state = TrackState.CONFIRMED if p.confirm_hits <= 1 else TrackState.TENTATIVE
-        self.ids = np.concatenate([self.ids, [self._new_id() for _ in range(n)]]).astype(np.int64)
-        self.states = np.concatenate([self.states, np.full(n, state, np.int64)])
-        self.boxes = np.concatenate([self.boxes, boxes[idx]])
-        self.velocities = np.concatenate([self.velocities, np.zeros((n, 2))])
-        self.embeddings = np.concatenate([self.embeddings, embeddings[idx]])
-        self.hits = np.concatenate([self.hits, np.ones(n, np.int64)])
-        self.misses = np.concatenate([self.misses, np.zeros(n, np.int64)])
-        self.born_ns = np.concatenate([self.born_ns, np.full(n, stamp_ns, np.int64)])
-        self.last_seen_ns = np.concatenate([self.last_seen_ns, np.full(n, stamp_ns, np.int64)])
-        return idx
+def _predicted(track: _Track, stamp_ns: int) -> list[float]:
+    """The track's last box moved by its velocity from its last match to stamp_ns."""
+    dt = (stamp_ns - track.last_seen_ns) / 1e9
+    if dt < 0.0:
+        dt = 0.0
+    sx, sy = track.velocity[0] * dt, track.velocity[1] * dt
+    x1, y1, x2, y2 = track.box
+    return [x1 + sx, y1 + sy, x2 + sx, y2 + sy]
+
+
+def _association_scores(p: TrackerParams, trackers: Sequence[QueryTracker],
+                        detections: Sequence[_Detections], embeddings: np.ndarray,
+                        iou: np.ndarray | None, ts: list[int],
+                        ms: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, T, M) zero-padded: which track-detection pairs the gates allow, and their cost
+    1 - affinity (_INFEASIBLE where not allowed)."""
+    n = len(trackers)
+    t_max = max(ts)
+    if iou is None or not t_max:
+        return np.zeros((n, 0, 0), bool), np.zeros((n, 0, 0))
+    cos = np.zeros((n, t_max, iou.shape[2]), np.float32)
+    for q, (tr, d) in enumerate(zip(trackers, detections, strict=True)):
+        if ts[q] and ms[q]:  # each query's own product: the same floats as one by one
+            cos[q, :ts[q], :ms[q]] = tr.embeddings @ embeddings[d.rows].T
+    iou = iou[:, :t_max]
+    motion = iou >= p.min_iou
+    coasting = [[t.state == _COASTING for t in tr._tracks] for tr in trackers]
+    if any(any(c) for c in coasting):  # re-identification by look after an occlusion
+        coasting = np.array([c + [False] * (t_max - len(c)) for c in coasting])
+        motion |= coasting[:, :, None] & (cos >= p.reid_min_cosine)
+    allowed = (cos >= p.min_cosine) & motion
+    cost = np.where(allowed, 1.0 - (p.iou_weight * iou + (1 - p.iou_weight) * cos),
+                    _INFEASIBLE)
+    return allowed, cost
+
+
+def _assign(tracks: list[_Track], allowed: np.ndarray, cost: np.ndarray) -> list[int]:
+    """Matched detection per track (-1 none): confirmed and coasting tracks first, then
+    tentative ones with the detections left, each an optimal assignment of allowed pairs."""
+    t, m = allowed.shape
+    matched = [-1] * t
+    tentative = [i for i, tr in enumerate(tracks) if tr.state == _TENTATIVE]
+    proven = [i for i, tr in enumerate(tracks) if tr.state != _TENTATIVE]
+    free = list(range(m))
+    for rows in (proven, tentative):
+        if not rows or not free:
+            continue
+        if len(free) == m:
+            ok, sub = (allowed, cost) if len(rows) == t else (allowed[rows], cost[rows])
+        else:
+            ok, sub = allowed[rows][:, free], cost[rows][:, free]
+        if not ok.any():
+            continue
+        cols = free
+        r, c = linear_sum_assignment(sub)
+        for k, kc, good in zip(r.tolist(), c.tolist(), ok[r, c].tolist(), strict=True):
+            if good:
+                matched[rows[k]] = cols[kc]
+        taken = set(matched)
+        free = [j for j in cols if j not in taken]
+    return matched
+
+
+def _update_tracks(p: TrackerParams, tracks: list[_Track], matched: list[int],
+                   boxes: list[list[float]], stamp_ns: int) -> tuple[int, ...]:
+    """Matched tracks take their detection's box and move their velocity towards the one
+    measured from the last matched box over the gap (from 0 at birth); unmatched ones:
+    tentative tracks die, confirmed ones coast until max_coast. Returns the ids to delete."""
+    s = p.velocity_smoothing
+    dead = []
+    for t, d in zip(tracks, matched, strict=True):
+        if d >= 0:
+            new = boxes[d]
+            gap = (stamp_ns - t.last_seen_ns) / 1e9
+            if gap > 0:
+                old = t.box
+                mx = ((new[0] + new[2]) / 2.0 - (old[0] + old[2]) / 2.0) / gap
+                my = ((new[1] + new[3]) / 2.0 - (old[1] + old[3]) / 2.0) / gap
+                vx, vy = t.velocity
+                t.velocity = ((1 - s) * vx + s * mx, (1 - s) * vy + s * my)
+            t.box = new
+            t.hits += 1
+            t.misses = 0
+            t.last_seen_ns = int(stamp_ns)
+            t.state = _CONFIRMED if t.hits >= p.confirm_hits else _TENTATIVE
+        elif t.state == _TENTATIVE:
+            dead.append(t.id)
+        else:
+            t.misses += 1
+            t.state = _COASTING
+            if t.misses > p.max_coast:
+                dead.append(t.id)
+    return tuple(dead)
+
+
+def _births(p: TrackerParams, tracker: QueryTracker, matched: list[int], d: _Detections,
+            fits: np.ndarray | None, free_of_live: list[bool], stamp_ns: int) -> list[int]:
+    """Start tracks from unmatched detections, best score first, skipping duplicates: a
+    detection overlapping a live track (free_of_live) or a detection born before it by
+    IoU > birth_max_iou (fits: (M, M) IoU <= birth_max_iou) is another box of an object
+    already tracked. Returns the detections that started tracks."""
+    taken = set(matched)
+    scores = d.scores
+    cand = [j for j, s in enumerate(scores)
+            if s >= p.birth_min_score and j not in taken and free_of_live[j]]
+    if not cand:
+        return cand
+    cand.sort(key=lambda j: -scores[j])  # stable: ties keep detection order
+    born: list[int] = []
+    for j in cand:
+        if not born or fits[j, born].all():
+            born.append(j)
+    state = _CONFIRMED if p.confirm_hits <= 1 else _TENTATIVE
+    tracker._tracks += [_Track(tracker._new_id(), state, d.boxes[j], (0.0, 0.0), 1, 0,
+                               stamp_ns, stamp_ns) for j in born]
+    return born
+
+
+def _move_embeddings(p: TrackerParams, trackers: Sequence[QueryTracker],
+                     matches: list[list[int]], kept: list[list[int]], born: list[list[int]],
+                     detections: Sequence[_Detections], embeddings: np.ndarray) -> None:
+    """Each tracker's next (T, D) appearance: its kept rows, the matched ones moved towards
+    their detection's embedding, then its born rows. Per tracker (a few rows that stay in
+    cache), in place on the new array: the moving average runs over every kept row and the
+    unmatched ones (usually none or one) are put back, rather than gathered and scattered."""
+    mom = p.embedding_momentum
+    for tr, matched, keep, new, d in zip(trackers, matches, kept, born, detections,
+                                         strict=True):
+        dets = [matched[i] for i in keep]
+        changed = any(j >= 0 for j in dets)
+        if not (changed or new or len(keep) < len(matched)):
+            continue  # all coasting: the same rows (never written into, so shared)
+        emb = tr.embeddings[keep] if len(keep) < len(matched) else tr.embeddings.copy()
+        if changed:
+            emb *= mom  # in place: the same floats as mom * emb
+            seen = embeddings[[d.rows[j] if j >= 0 else 0 for j in dets]]
+            seen *= 1 - mom
+            emb += seen
+            _normalise_rows(emb)
+            unmatched = [k for k, j in enumerate(dets) if j < 0]
+            if unmatched:
+                emb[unmatched] = tr.embeddings[[keep[k] for k in unmatched]]
+        if new:
+            emb = np.concatenate([emb, embeddings[[d.rows[j] for j in new]]])
+        tr.embeddings = emb
+
+
+def _track_frames(stamp_ns: int, trackers: Sequence[QueryTracker], matches: list[list[int]],
+                  kept: list[list[int]], born: list[list[int]], dead: list[tuple[int, ...]],
+                  predicted: list[list[list[float]]], detections: Sequence[_Detections],
+                  ) -> tuple[list[TrackFrame], list[list[int]]]:
+    """The trackers' TrackFrames (slices of one array per field) and each one's
+    detection_track_ids as a list."""
+    ints: list[tuple[int, int, int, int, int]] = []  # id, state, born, last seen, detection
+    boxes: list[list[float]] = []
+    velocities: list[tuple[float, float]] = []
+    scores: list[float] = []
+    det_ids: list[list[int]] = []
+    nan = math.nan
+    for tr, matched, keep, new, pred, d in zip(trackers, matches, kept, born, predicted,
+                                               detections, strict=True):
+        rows = [matched[i] for i in keep] + new  # each track's detection, -1 unmatched
+        boxes += [d.boxes[matched[i]] if matched[i] >= 0 else pred[i] for i in keep]
+        boxes += [d.boxes[j] for j in new]
+        scores += [d.scores[j] if j >= 0 else nan for j in rows]
+        ids = [-1] * len(d.boxes)
+        for t, j in zip(tr._tracks, rows, strict=True):
+            if j >= 0 and t.state == _CONFIRMED:
+                ids[j] = t.id
+        det_ids.append(ids)
+        index = d.index if d.index is not None and d.boxes else None  # none: all -1
+        ints += [(t.id, t.state, t.born_ns, t.last_seen_ns,
+                  j if index is None or j < 0 else index[j])
+                 for t, j in zip(tr._tracks, rows, strict=True)]
+        velocities += [t.velocity for t in tr._tracks]
+    int_cols = np.array(ints, np.int64).reshape(-1, 5).T.copy()  # a contiguous row per field
+    box_arr = np.array(boxes, np.float64).reshape(-1, 4)
+    velocity_arr = np.array(velocities, np.float64).reshape(-1, 2)
+    score_arr = np.array(scores, np.float64)
+    det_id_arr = np.array([i for ids in det_ids for i in ids], np.int64)
+    frames = []
+    a = c = 0
+    for tr, ids, gone in zip(trackers, det_ids, dead, strict=True):
+        b, e = a + len(tr._tracks), c + len(ids)
+        frames.append(TrackFrame(
+            stamp_ns=stamp_ns, track_ids=int_cols[0, a:b], states=int_cols[1, a:b],
+            boxes=box_arr[a:b], velocities=velocity_arr[a:b], detections=int_cols[4, a:b],
+            scores=score_arr[a:b], embeddings=tr.embeddings, born_ns=int_cols[2, a:b],
+            last_seen_ns=int_cols[3, a:b], detection_track_ids=det_id_arr[c:e],
+            deleted=gone))
+        a, c = b, e
+    return frames, det_ids
 
 
 def with_track_ids(result: GroundingResult, track_ids: Sequence[int]) -> GroundingResult:
@@ -327,11 +486,21 @@ def with_track_ids(result: GroundingResult, track_ids: Sequence[int]) -> Groundi
     """
     if len(track_ids) != len(result.objects):
         raise ValueError(f"{len(track_ids)} track ids for {len(result.objects)} objects")
-    if not any(int(t) >= 0 for t in track_ids):
+    ids = [int(t) for t in track_ids]
+    if max(ids, default=-1) < 0:
         return result
-    objects = [replace(o, track_id=int(t)) if int(t) >= 0 else o
-               for o, t in zip(result.objects, track_ids, strict=True)]
-    return replace(result, objects=objects)
+    objects = [_replaced(o, track_id=t) if t >= 0 else o
+               for o, t in zip(result.objects, ids, strict=True)]
+    return _replaced(result, objects=objects)
+
+
+def _replaced(obj: Any, **changes: Any) -> Any:
+    """dataclasses.replace for GroundedBox and GroundingResult at a tenth of its cost (dozens
+    a frame): frozen dataclasses without __post_init__ or slots, so a copy of the instance
+    dict with the changes is what replace builds."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__, **changes)
+    return new
 
 
 @dataclass(frozen=True)
@@ -365,31 +534,54 @@ class Tracking:
                object_embeddings: np.ndarray) -> TrackedFrame:
         """Track every result's objects. object_embeddings: the frame's (K, D) embeddings,
         indexed by GroundedBox.proposal_index (objects with index -1 are not tracked)."""
-        out: list[GroundingResult] = []
-        tracks: dict[str, TrackFrame] = {}
-        queries = set()
         emb_all = np.asarray(object_embeddings)
-        for result in results:
+        usable = [[i for i, o in enumerate(r.objects) if o.proposal_index >= 0]
+                  for r in results]
+        # the queries share the frame: each embedding row is made unit once, the boxes and
+        # scores of all queries become Python numbers in one conversion
+        rows: dict[int, int] = {}  # proposal index -> row of `unit`
+        picked = [result.objects[i] for result, keep in zip(results, usable, strict=True)
+                  for i in keep]
+        for o in picked:
+            rows.setdefault(int(o.proposal_index), len(rows))
+        if rows:
+            unit = np.asarray(emb_all[list(rows)], np.float32)  # a copy: normalised in place
+            _normalise_rows(unit)
+        else:
+            unit = np.zeros((0, emb_all.shape[-1] if emb_all.ndim == 2 else 0), np.float32)
+        boxes = np.array([o.box for o in picked], np.float64).reshape(-1, 4).tolist()
+        scores = np.array([o.score for o in picked], np.float64).tolist()
+        trackers: list[QueryTracker] = []
+        detections: list[_Detections] = []
+        start = 0
+        for result, keep in zip(results, usable, strict=True):
             key = (camera, result.query)
-            queries.add(result.query)
             tracker = self._trackers.get(key)
             if tracker is None:
                 tracker = self._trackers[key] = QueryTracker(self.params, self._new_id)
-            objs = result.objects
-            index = np.fromiter((o.proposal_index for o in objs), np.int64, len(objs))
-            usable = np.flatnonzero(index >= 0)
-            sel = [objs[i] for i in usable]
-            boxes = np.array([o.box for o in sel], np.float64).reshape(-1, 4)
-            scores = np.fromiter((o.score for o in sel), np.float64, len(sel))
-            emb = _unit_rows(emb_all[index[usable]]) if sel else np.zeros(
-                (0, emb_all.shape[-1] if emb_all.ndim == 2 else 0), np.float32)
+            end = start + len(keep)
             # the lock wants indices into result.objects, not into the usable subset
-            frame = tracker.update(stamp_ns, boxes, emb, scores, index=usable)
-            ids = np.full(len(objs), -1, np.int64)
-            ids[usable] = frame.detection_track_ids
+            detections.append(_Detections(
+                boxes[start:end], scores[start:end],
+                [rows[int(o.proposal_index)] for o in picked[start:end]], keep))
+            trackers.append(tracker)
+            start = end
+        frames: list[TrackFrame] = []
+        det_ids: list[list[int]] = []
+        for batch in _distinct_runs(trackers):  # a query twice in a frame: one after the other
+            f, i = _update_trackers(stamp_ns, trackers[batch], detections[batch], unit,
+                                    unit.shape[1])
+            frames += f
+            det_ids += i
+        out: list[GroundingResult] = []
+        tracks: dict[str, TrackFrame] = {}
+        for result, keep, frame, ids in zip(results, usable, frames, det_ids, strict=True):
+            track_ids = [-1] * len(result.objects)
+            for i, track_id in zip(keep, ids, strict=True):
+                track_ids[i] = track_id
             tracks[result.query] = frame
-            out.append(with_track_ids(result, ids.tolist()))
-        for key in [k for k in self._trackers if k[0] == camera and k[1] not in queries]:
+            out.append(with_track_ids(result, track_ids))
+        for key in [k for k in self._trackers if k[0] == camera and k[1] not in tracks]:
             del self._trackers[key]
         return TrackedFrame(camera, int(stamp_ns), out, tracks)
 
@@ -399,6 +591,17 @@ class Tracking:
         if params is not None:
             self.params = params
         self._trackers.clear()
+
+
+def _distinct_runs(items: Sequence[object]) -> list[slice]:
+    """Consecutive runs of `items` in which no item repeats (usually one run of all)."""
+    runs, start, seen = [], 0, set()
+    for k, item in enumerate(items):
+        if id(item) in seen:
+            runs.append(slice(start, k))
+            start, seen = k, set()
+        seen.add(id(item))
+    return [*runs, slice(start, len(items))] if items else []
 
 
 @dataclass(frozen=True)
@@ -488,7 +691,7 @@ class Lock:
         self._last_seen_ns = int(tracks.last_seen_ns[row])
 
     def _report(self, detection: int, message: str = "") -> LockUpdate:
-        box = None if self.track_id < 0 else tuple(float(v) for v in self._box)
+        box = None if self.track_id < 0 else tuple(self._box.tolist())
         return LockUpdate(self.state, self.track_id, self.frames_tracked,
                           self.frames_since_seen, box, detection, message)  # type: ignore[arg-type]
 
