@@ -1,12 +1,14 @@
 """core.tracking: hand-computed association, track life, ids and lock-on states."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 
 from objembed_ros.core.boxes import box_iou
+from objembed_ros.core.depth import Position3D
 from objembed_ros.core.results import QUERY_TEXT, GroundedBox, GroundingResult
 from objembed_ros.core.tracking import (
     Lock,
@@ -177,6 +179,16 @@ def test_with_track_ids_and_tracking_hub() -> None:
     assert with_track_ids(unchanged, [-1]) is unchanged
     with pytest.raises(ValueError):
         with_track_ids(unchanged, [1, 2])
+    # equal to what dataclasses.replace builds (with_track_ids copies instances its own way)
+    position = Position3D(True, "ok", (1.0, 2.0, 3.0), (0.1, 0.2, 0.3), 12)
+    src = result("y", [a, b], [0, 1])
+    src = dataclasses.replace(src, meta={"header": 1}, image_score=0.25, objects=[
+        dataclasses.replace(src.objects[0], position=position), src.objects[1]])
+    got = with_track_ids(src, [7, -1])
+    expected = dataclasses.replace(src, objects=[
+        dataclasses.replace(src.objects[0], track_id=7), src.objects[1]])
+    assert got == expected and type(got.objects[0]) is GroundedBox
+    assert src.objects[0].track_id == -1  # the input is untouched
 
 
 def _result(query: str, boxes: list[list[float]], index: list[int]) -> GroundingResult:
