@@ -120,10 +120,13 @@ class TrackerParams:
                f"birth_max_iou must be in [0, 1], got {self.birth_max_iou}")
 
 
-def predict_boxes(boxes: np.ndarray, velocity: np.ndarray, dt_s: np.ndarray) -> np.ndarray:
-    """(N, 4) xyxy moved by (N, 2) centre velocity (px/s) for (N,) seconds (negative -> 0)."""
-    shift = velocity * np.maximum(dt_s, 0.0)[:, None]
-    return boxes + np.concatenate([shift, shift], axis=1)
+def moved_box(box: Sequence[float], velocity: Sequence[float], dt_s: float) -> list[float]:
+    """xyxy moved by its centre velocity (px/s) for dt_s seconds (negative -> 0): where a
+    track or a lock expects its object after dt_s unseen."""
+    dt = max(dt_s, 0.0)
+    sx, sy = velocity[0] * dt, velocity[1] * dt
+    x1, y1, x2, y2 = box
+    return [x1 + sx, y1 + sy, x2 + sx, y2 + sy]
 
 
 def _normalise_rows(x: np.ndarray) -> None:
@@ -287,12 +290,7 @@ def _update_trackers(stamp_ns: int, trackers: Sequence[QueryTracker],
 
 def _predicted(track: _Track, stamp_ns: int) -> list[float]:
     """The track's last box moved by its velocity from its last match to stamp_ns."""
-    dt = (stamp_ns - track.last_seen_ns) / 1e9
-    if dt < 0.0:
-        dt = 0.0
-    sx, sy = track.velocity[0] * dt, track.velocity[1] * dt
-    x1, y1, x2, y2 = track.box
-    return [x1 + sx, y1 + sy, x2 + sx, y2 + sy]
+    return moved_box(track.box, track.velocity, (stamp_ns - track.last_seen_ns) / 1e9)
 
 
 def _association_scores(p: TrackerParams, trackers: Sequence[QueryTracker],
@@ -734,8 +732,8 @@ class Lock:
             return self._lose(f"target unseen for {unseen_s:.3f} s > lost_after "
                               f"{self.params.lost_after_s:g} s")
         self.state = LockState.COASTING
-        self._box = predict_boxes(self._anchor[None], self._velocity[None],
-                                  np.array([(stamp_ns - self._anchor_ns) / 1e9]))[0]
+        self._box = np.array(moved_box(self._anchor.tolist(), self._velocity.tolist(),
+                                       (stamp_ns - self._anchor_ns) / 1e9))
         return self._report(-1)
 
     def _reacquire(self, tracks: TrackFrame) -> int:
