@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from objembed_ros.core.resize import merged_grid_for
 from objembed_ros.proposals.base import (
     GridProposer,
     Proposer,
@@ -117,8 +118,6 @@ def install_accel(encoder: Any, config: GrounderConfig) -> str:
 
         cache_dir = config.engine_cache_dir or str(
             Path.home() / ".cache" / "objembed_ros" / "engines")
-        from objembed_ros.core.resize import merged_grid_for
-
         grids = [merged_grid_for(w, h, encoder.image_config) for w, h in config.engine_resolutions]
         backend = install_projector_backend(
             encoder, config.projector_backend, cache_dir=cache_dir,

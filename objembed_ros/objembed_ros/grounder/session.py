@@ -103,8 +103,7 @@ def _encoded_parts(encoded: Any, props: Proposals) -> dict[str, Any]:
     dim = objects.shape[-1] if objects.ndim >= 2 else 0
     return dict(boxes=props.boxes, proposal_scores=props.scores, proposal_source=props.source,
                 object_embeddings=objects.reshape(n, dim) if n else np.zeros((0, dim), np.float32),
-                iou_logits=host_float32(encoded.iou_logits).reshape(-1),
-                global_embeddings=host_float32(encoded.global_embeddings))
+                iou_logits=host_float32(encoded.iou_logits).reshape(-1))
 
 
 def _one_upload(encoder: Any, rgb: np.ndarray) -> AbstractContextManager[Any]:
@@ -200,6 +199,7 @@ class Grounder:
             t1 = time.perf_counter()
             encoded = encoder.encode_image(rgb, props.boxes)
             parts = _encoded_parts(encoded, props)  # host copies, inside the pass
+            parts["global_embeddings"] = host_float32(encoded.global_embeddings)
             t2 = time.perf_counter()
         timings = {"proposals": t1 - t0, "encode": t2 - t1}
         for key, value in encoded.timings.items():
@@ -283,7 +283,6 @@ class Grounder:
         image = self._frame_match(queries, frame, deadline) if with_image_score else None
         with self._pass("image pass", request=True, deadline=deadline) as encoder:
             parts = _encoded_parts(encoder.encode_image(frame.rgb, props.boxes), props)
-        parts.pop("global_embeddings")  # the cached frame's own (same pixels, no boxes)
         supplied = replace(frame, timings={}, **parts)
         return self._score(queries, text, supplied, top_k, min_score, image,
                            proposal_index=False)
